@@ -1,0 +1,41 @@
+# The two commands: `make demo` and `make test`. Each creates the virtualenv it needs on first use.
+PYTHON ?= python3
+VENV := .venv
+COLAB_VENV := .venv-colab
+# The oldest versions the kit supports: Colab TPU's runtime (see README, "Versions").
+COLAB_PINS := jax==0.7.2 jaxlib==0.7.2 flax==0.11.2 orbax-checkpoint==0.12.4 ipywidgets==7.7.1 "transformers>=5,<6"
+export IIMAGEN_QUIET := 1
+
+.PHONY: demo test unit unit-colab notebooks bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+$(COLAB_VENV)/.installed: pyproject.toml
+	test -x $(COLAB_VENV)/bin/python || $(PYTHON) -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/pip install -q -U pip
+	$(COLAB_VENV)/bin/pip install -q -e '.[dev]' $(COLAB_PINS)
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/iimagen demo
+
+test: unit unit-colab notebooks
+
+unit: $(VENV)/.installed
+	IIMAGEN_PROFILE=ci $(VENV)/bin/python -m pytest tests
+
+unit-colab: $(COLAB_VENV)/.installed
+	IIMAGEN_PROFILE=ci $(COLAB_VENV)/bin/python -m pytest tests
+
+notebooks: $(VENV)/.installed
+	IIMAGEN_PROFILE=ci $(VENV)/bin/python -m pytest --nbval-lax -p no:cacheprovider notebooks
+
+bench: $(VENV)/.installed
+	for b in benchmarks/*.py; do $(VENV)/bin/python $$b || exit 1; done
+
+clean:
+	rm -rf out .pytest_cache

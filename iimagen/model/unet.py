@@ -1,0 +1,378 @@
+"""Instruct-Imagen's denoiser: an Imagen UNet whose lowest-resolution blocks also attend to the multi-modal context,
+encoded by the UNet's **own** down-sampling encoder (paper §3.1, App. A.2.1, Fig. 3, Table 5).
+
+    "we first encode each multi-modal context with the down-sampling encoder of the UNet (shared weights), conditioned
+     on the T5 embedding of its text. The features of the final layer become the (key, value) of a new
+     cross-attention layer, added to each DBlock/UBlock after the text cross-attention."   (paraphrase of §3.1/A.2.1)
+
+Layout (Imagen's Efficient UNet with `numResNetBlocksPerBlock=1`, several blocks per resolution; Table 5):
+
+    x_t --conv_in--> [level 0: down x2, n x Block] -> ... -> [level L-1: down x2, n x Block(+attn)]   (encoder)
+                     -> middle Block(+attn)
+                     -> [level L-1: n x Block(+attn) on concat(skip), up x2] -> ... -> [level 0 ...] -> conv_out -> v
+
+    Block = ResBlock(FiLM from time + pooled text)  [+ self-attn + text cross-attn + context cross-attn]
+
+The context cross-attention starts with a zero output projection, so a freshly attached context branch leaves the
+stage-0 text-to-image model's output unchanged to the last bit (`attach_context`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from iimagen.configs import ModelConfig, get_config
+from .layers import Attention, Downsample, ResBlock, Upsample, module_list, sinusoidal_embedding
+from .text import TextEncoder, TextFeatures
+
+
+class ModelInputError(ValueError):
+    """An input array has the wrong shape or is missing; the message names the argument and the fix."""
+
+
+class ContextFeatures(NamedTuple):
+    """Encoded multi-modal context: `tokens` [B, K*T, C] (T = tokens per context image), `mask` [B, K*T] (bool)."""
+
+    tokens: jax.Array
+    mask: jax.Array
+
+
+def _dtype(cfg):
+    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+class Block(nnx.Module):
+    """One DBlock/UBlock of Table 5: one ResNet block, then (at attention levels) self-attention, text
+    cross-attention, and the new context cross-attention after the text one (zero-initialised output)."""
+
+    def __init__(self, cin, cout, emb_dim, cfg: ModelConfig, *, attn: bool, rngs: nnx.Rngs):
+        dt = _dtype(cfg)
+        self.res = ResBlock(cin, cout, emb_dim, groups=cfg.norm_groups, dropout=cfg.dropout, dtype=dt, rngs=rngs)
+        heads = cout // cfg.head_dim
+        g = cfg.norm_groups
+        self.self_attn = Attention(cout, heads, norm_groups=g, dtype=dt, rngs=rngs) if attn else None
+        self.text_attn = Attention(cout, heads, kv_dim=cfg.text_width, norm_groups=g, dtype=dt,
+                                   rngs=rngs) if attn else None
+        ctx_dim = cfg.level_channels[-1]
+        self.ctx_attn = (Attention(cout, heads, kv_dim=ctx_dim, norm_groups=g, zero_init=True, dtype=dt, rngs=rngs)
+                         if attn and cfg.use_context else None)
+
+    def __call__(self, x, emb, text: TextFeatures, ctx: ContextFeatures | None, name="", probe=None):
+        x = self.res(x, emb)
+        if self.self_attn is not None:
+            B, H, W, C = x.shape
+            h = x.reshape(B, H * W, C)                     # the feature map as H*W tokens
+            h = self.self_attn(h)
+            h = self.text_attn(h, text.tokens, text.mask)
+            if self.ctx_attn is not None and ctx is not None:
+                if probe is not None and "ctx_attn" in probe:
+                    h, w = self.ctx_attn(h, ctx.tokens, ctx.mask, return_weights=True)
+                    probe["ctx_attn"].append((name, w))
+                else:
+                    h = self.ctx_attn(h, ctx.tokens, ctx.mask)
+            x = h.reshape(B, H, W, C)
+        if probe is not None and "shapes" in probe:
+            probe["shapes"].append((name, tuple(x.shape)))
+        return x
+
+
+class DownLevel(nnx.Module):
+    """DBlock level: a stride-2 down-sampling conv, then `blocks_per_level` Blocks; each Block's output is a skip."""
+
+    def __init__(self, cin, cout, emb_dim, cfg, *, attn, rngs):
+        self.down = Downsample(cin, cout, dtype=_dtype(cfg), rngs=rngs)
+        self.blocks = module_list([Block(cout, cout, emb_dim, cfg, attn=attn, rngs=rngs)
+                                   for _ in range(cfg.blocks_per_level)])
+
+
+class UpLevel(nnx.Module):
+    """UBlock level: `blocks_per_level` Blocks, each on concat(h, skip), then nearest x2 up-sampling + conv."""
+
+    def __init__(self, c, cout, emb_dim, cfg, *, attn, rngs):
+        self.blocks = module_list([Block(2 * c, c, emb_dim, cfg, attn=attn, rngs=rngs)
+                                   for _ in range(cfg.blocks_per_level)])
+        self.up = Upsample(c, cout, dtype=_dtype(cfg), rngs=rngs)
+
+
+class InstructImagen(nnx.Module):
+    """The Instruct-Imagen denoiser (v-prediction). See docs/contracts.md ("Model") for the calls.
+
+    `cfg.use_context=False` builds the stage-0 text-to-image model; `attach_context` turns it into this model with
+    the context branch at identity.
+    """
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        if isinstance(cfg, str):
+            cfg = get_config(cfg)
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        self.cfg = cfg
+        dt = _dtype(cfg)
+        c0, chans, L = cfg.channels, cfg.level_channels, cfg.levels
+        emb = 4 * c0
+        lin = dict(dtype=dt, param_dtype=jnp.float32, rngs=rngs)
+        # Shared text encoder (instruction and context texts).
+        self.text_encoder = TextEncoder(cfg.vocab_size, cfg.text_width, cfg.text_layers,
+                                        max(cfg.text_len, cfg.ctx_text_len), cfg.head_dim, dtype=dt, rngs=rngs)
+        # Conditioning vector: MLP(sinusoidal(1000 t)) + Linear(pooled text), fed to every ResBlock as FiLM.
+        self.time_fc1 = nnx.Linear(c0, emb, **lin)
+        self.time_fc2 = nnx.Linear(emb, emb, **lin)
+        self.text_pool = nnx.Linear(cfg.text_width, emb, **lin)
+        self.conv_in = nnx.Conv(3, c0, (3, 3), **lin)
+        # Down-sampling encoder: used for x_t and (shared weights) for every context image.
+        self.encoder = module_list([DownLevel(chans[l - 1] if l else c0, chans[l], emb, cfg,
+                                              attn=l in cfg.attn_levels, rngs=rngs) for l in range(L)])
+        self.middle = Block(chans[-1], chans[-1], emb, cfg, attn=True, rngs=rngs)
+        # Up-sampling decoder, lowest level first.
+        self.decoder = module_list([UpLevel(chans[l], chans[l - 1] if l else c0, emb, cfg,
+                                            attn=l in cfg.attn_levels, rngs=rngs) for l in reversed(range(L))])
+        self.out_norm = nnx.GroupNorm(c0, num_groups=cfg.norm_groups, dtype=jnp.float32, rngs=rngs)
+        self.out_conv = nnx.Conv(c0, 3, (3, 3), **lin)
+        if cfg.use_context:
+            # Context tokens: LayerNorm(bottleneck features) + slot embedding (which k) + 2-D position (row + col).
+            cL, r = chans[-1], cfg.bottleneck_resolution
+            init = lambda *shape: nnx.Param(0.02 * jax.random.normal(rngs.params(), shape, jnp.float32))
+            self.ctx_norm = nnx.LayerNorm(cL, dtype=jnp.float32, rngs=rngs)
+            self.ctx_slot = init(cfg.K, cL)
+            self.ctx_row = init(r, cL)
+            self.ctx_col = init(r, cL)
+
+    # ---- conditioning --------------------------------------------------------------------------------------------
+    def encode_text(self, text_ids) -> TextFeatures:
+        """Instruction text ids [B, L] (pad 0) -> TextFeatures(tokens [B, L, D], mask [B, L], pooled [B, D])."""
+        text_ids = jnp.asarray(text_ids)
+        if text_ids.ndim != 2:
+            raise ModelInputError(f"text_ids has shape {text_ids.shape}; expected [B, text_len] int32 token ids")
+        return self.text_encoder(text_ids)
+
+    def _embed(self, t, text: TextFeatures):
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), text.pooled.shape[:1])
+        e = self.time_fc2(nnx.swish(self.time_fc1(sinusoidal_embedding(t, self.cfg.channels))))
+        return (e + self.text_pool(text.pooled)).astype(jnp.float32)
+
+    # ---- the two halves of the UNet ------------------------------------------------------------------------------
+    def _encode(self, x, emb, text, ctx, probe=None):
+        """The down-sampling encoder: returns the lowest-resolution feature map and the skips."""
+        h = self.conv_in(x.astype(_dtype(self.cfg)))
+        skips = []
+        for l, level in enumerate(self.encoder):
+            h = level.down(h)
+            for i, block in enumerate(level.blocks):
+                h = block(h, emb, text, ctx, f"DBlock-{l + 1}.{i + 1}", probe)
+                skips.append(h)
+        return h, skips
+
+    def _decode(self, h, skips, emb, text, ctx, probe=None):
+        L = self.cfg.levels
+        for j, level in enumerate(self.decoder):
+            for i, block in enumerate(level.blocks):
+                h = block(jnp.concatenate([h, skips.pop()], axis=-1), emb, text, ctx, f"UBlock-{L - j}.{i + 1}",
+                          probe)
+            h = level.up(h)
+        return self.out_conv(nnx.swish(self.out_norm(h)).astype(_dtype(self.cfg))).astype(jnp.float32)
+
+    # ---- context encoding (paper §3.1): once per sample, never inside the step loop ------------------------------
+    def encode_context(self, ctx_image, ctx_ids, ctx_mask) -> ContextFeatures:
+        """[B, K, R, R, 3] images, [B, K, ctx_text_len] ids, [B, K] mask -> ContextFeatures([B, K*T, C], [B, K*T]).
+
+        All B*K context images go through the **same** down-sampling encoder as x_t in one batched call, clean
+        (t = 0: the kit's choice; the paper does not say), each conditioned on its own `[ref#k] + text` (the shared
+        text encoder), and *without* context attention inside that pass. The last encoder feature map [h, w, C] is
+        flattened to T = h*w tokens, given a slot embedding for k and a 2-D position embedding, and masked by slot.
+        """
+        cfg = self.cfg
+        if not cfg.use_context:
+            raise ModelInputError("encode_context: this is a text-to-image model (cfg.use_context=False); "
+                                  "build the context model with attach_context(model, rngs)")
+        ctx_image, ctx_ids, ctx_mask = jnp.asarray(ctx_image), jnp.asarray(ctx_ids), jnp.asarray(ctx_mask)
+        R = cfg.resolution
+        if ctx_image.ndim != 5 or ctx_image.shape[1] != cfg.K or ctx_image.shape[2:] != (R, R, 3):
+            raise ModelInputError(f"ctx_image has shape {ctx_image.shape}; expected [B, K={cfg.K}, {R}, {R}, 3] "
+                                  f"(resize context images to the model's resolution, pad to K slots)")
+        B = ctx_image.shape[0]
+        if ctx_ids.ndim != 3 or ctx_ids.shape[:2] != (B, cfg.K):
+            raise ModelInputError(f"ctx_ids has shape {ctx_ids.shape}; expected [B={B}, K={cfg.K}, ctx_text_len]")
+        if ctx_mask.shape != (B, cfg.K):
+            raise ModelInputError(f"ctx_mask has shape {ctx_mask.shape}; expected [B={B}, K={cfg.K}] bool")
+        text = self.text_encoder(ctx_ids.reshape(B * cfg.K, -1))                      # [B*K, Lc, D]
+        emb = self._embed(jnp.zeros((B * cfg.K,), jnp.float32), text)                # clean: t = 0
+        feat, _ = self._encode(ctx_image.reshape(B * cfg.K, R, R, 3), emb, text, ctx=None)   # [B*K, h, w, C]
+        _, h, w, C = feat.shape
+        tok = self.ctx_norm(feat) + self.ctx_row.value[:, None, :] + self.ctx_col.value[None, :, :]
+        tok = tok.reshape(B, cfg.K, h * w, C) + self.ctx_slot.value[None, :, None, :]
+        mask = jnp.broadcast_to(ctx_mask.astype(bool)[:, :, None], (B, cfg.K, h * w))
+        return ContextFeatures(tok.reshape(B, cfg.K * h * w, C), mask.reshape(B, cfg.K * h * w))
+
+    # ---- one denoising step ------------------------------------------------------------------------------------
+    def denoise(self, x_t, t, text: TextFeatures, ctx: ContextFeatures | None = None, *,
+                return_attention: bool = False, probe: dict | None = None):
+        """v-prediction for x_t [B, R, R, 3] at times t [B], given encoded text and (optionally) encoded context.
+
+        `return_attention=True` also returns the context cross-attention weights: a list of (block name,
+        [B, heads, h*w, K*T]) in call order (DBlocks, middle, UBlocks).
+        """
+        cfg = self.cfg
+        R = cfg.resolution
+        if x_t.ndim != 4 or x_t.shape[1:] != (R, R, 3):
+            raise ModelInputError(f"x_t has shape {x_t.shape}; expected [B, {R}, {R}, 3] (cfg.resolution={R})")
+        if ctx is not None and not cfg.use_context:
+            raise ModelInputError("ctx given to a text-to-image model (cfg.use_context=False); pass ctx=None or "
+                                  "use attach_context(model, rngs)")
+        probe = dict(probe or {})
+        if return_attention:
+            probe["ctx_attn"] = []
+        emb = self._embed(t, text)
+        h, skips = self._encode(x_t, emb, text, ctx, probe)
+        h = self.middle(h, emb, text, ctx, "middle", probe)
+        v = self._decode(h, skips, emb, text, ctx, probe)
+        return (v, probe["ctx_attn"]) if return_attention else v
+
+    def __call__(self, x_t, t, text_ids, ctx_image=None, ctx_ids=None, ctx_mask=None):
+        """Encode text (and context, when given) and denoise: the training forward pass."""
+        given = [a is not None for a in (ctx_image, ctx_ids, ctx_mask)]
+        if any(given) and not all(given):
+            raise ModelInputError("give all of ctx_image, ctx_ids, ctx_mask, or none of them")
+        ctx = self.encode_context(ctx_image, ctx_ids, ctx_mask) if all(given) else None
+        return self.denoise(x_t, t, self.encode_text(text_ids), ctx)
+
+
+# ---- stage 0 -> stage 1 ----------------------------------------------------------------------------------------
+def attach_context(model_t2i: InstructImagen, rngs: nnx.Rngs | None = None) -> InstructImagen:
+    """The context model built from a text-to-image model: every shared weight copied, the new context
+    cross-attention at identity (zero output projection), so outputs are equal to the last bit."""
+    if model_t2i.cfg.use_context:
+        raise ModelInputError("attach_context: the model already has a context branch (cfg.use_context=True)")
+    model = InstructImagen(dataclasses.replace(model_t2i.cfg, use_context=True), rngs or nnx.Rngs(0))
+    nnx.update(model, nnx.state(model_t2i))          # a partial state: only the shared paths are replaced
+    return model
+
+
+# ---- sizes and costs -------------------------------------------------------------------------------------------
+def _abstract(cfg: ModelConfig):
+    return nnx.eval_shape(lambda: InstructImagen(cfg, nnx.Rngs(0)))
+
+
+def _leaves_with_paths(model):
+    state = nnx.state(model, nnx.Param)
+    flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
+    for path, leaf in flat:
+        yield tuple(str(p) for p in path), (leaf.value if hasattr(leaf, "value") else leaf)
+
+
+def param_count(model_or_cfg) -> int:
+    """Number of parameters of a model (or of the model a config builds, computed abstractly)."""
+    model = _abstract(model_or_cfg) if isinstance(model_or_cfg, (ModelConfig, str)) else model_or_cfg
+    if isinstance(model, str):
+        model = _abstract(get_config(model))
+    return sum(int(jnp.size(v)) for _, v in _leaves_with_paths(model))
+
+
+def param_table(cfg: ModelConfig) -> dict:
+    """Parameters per component: text encoder, encoder (stem, conditioning, DBlocks), middle, decoder, context."""
+    cfg = get_config(cfg) if isinstance(cfg, str) else cfg
+    groups = {"text encoder": 0, "encoder (DBlocks)": 0, "middle": 0, "decoder (UBlocks)": 0,
+              "context cross-attention": 0}
+    for path, v in _leaves_with_paths(_abstract(cfg)):
+        n = int(jnp.size(v))
+        if any(p.startswith("ctx_") for p in path):
+            g = "context cross-attention"
+        elif path[0] == "text_encoder":
+            g = "text encoder"
+        elif path[0] == "middle":
+            g = "middle"
+        elif path[0] in ("decoder", "out_norm", "out_conv"):
+            g = "decoder (UBlocks)"
+        else:
+            g = "encoder (DBlocks)"
+        groups[g] += n
+    groups["total"] = sum(groups.values())
+    return groups
+
+
+def _flops(compiled) -> float:
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return float(ca.get("flops", float("nan")))
+
+
+def _abstract_inputs(cfg, B=1):
+    S = jax.ShapeDtypeStruct
+    R, K = cfg.resolution, cfg.K
+    return dict(x=S((B, R, R, 3), jnp.float32), t=S((B,), jnp.float32), ids=S((B, cfg.text_len), jnp.int32),
+                ci=S((B, K, R, R, 3), jnp.float32), cid=S((B, K, cfg.ctx_text_len), jnp.int32),
+                cm=S((B, K), jnp.bool_))
+
+
+def flops_breakdown(cfg: ModelConfig) -> dict:
+    """Forward FLOPs per image from XLA's cost analysis (batch 1, nothing is allocated):
+    `denoise` (one step with context), `denoise_t2i` (one step without), `encode_context` (K images, once per
+    sample), `call` (text + context encoding + denoise: one training forward)."""
+    cfg = get_config(cfg) if isinstance(cfg, str) else cfg
+    cfg = dataclasses.replace(cfg, use_context=True)
+    gd, st = nnx.split(_abstract(cfg))
+    a = _abstract_inputs(cfg)
+    m = lambda s: nnx.merge(gd, s)
+
+    def low(f, *args):
+        return _flops(jax.jit(f).lower(st, *args).compile())
+
+    ctx_abs = jax.eval_shape(lambda s, ci, cid, cm: m(s).encode_context(ci, cid, cm), st, a["ci"], a["cid"], a["cm"])
+    txt_abs = jax.eval_shape(lambda s, ids: m(s).encode_text(ids), st, a["ids"])
+    return {
+        "denoise": low(lambda s, x, t, tx, c: m(s).denoise(x, t, tx, c), a["x"], a["t"], txt_abs, ctx_abs),
+        "denoise_t2i": low(lambda s, x, t, tx: m(s).denoise(x, t, tx, None), a["x"], a["t"], txt_abs),
+        "encode_context": low(lambda s, ci, cid, cm: m(s).encode_context(ci, cid, cm), a["ci"], a["cid"], a["cm"]),
+        "call": low(lambda s, x, t, ids, ci, cid, cm: m(s)(x, t, ids, ci, cid, cm), a["x"], a["t"], a["ids"],
+                    a["ci"], a["cid"], a["cm"]),
+    }
+
+
+def flops_per_image(cfg: ModelConfig, with_context: bool = True, what: str = "call") -> float:
+    """Forward FLOPs per image (XLA cost analysis). `what="call"`: one training forward (`__call__`: text, the K
+    context images when `with_context`, denoise); `what="denoise"`: one sampling step."""
+    cfg = get_config(cfg) if isinstance(cfg, str) else cfg
+    if what not in ("call", "denoise"):
+        raise ValueError(f"flops_per_image(what={what!r}): use 'call' or 'denoise'")
+    cfg = dataclasses.replace(cfg, use_context=with_context)
+    gd, st = nnx.split(_abstract(cfg))
+    a = _abstract_inputs(cfg)
+    m = lambda s: nnx.merge(gd, s)
+    if what == "call":
+        if with_context:
+            f, args = (lambda s, x, t, i, ci, cid, cm: m(s)(x, t, i, ci, cid, cm)), (a["x"], a["t"], a["ids"], a["ci"],
+                                                                                   a["cid"], a["cm"])
+        else:
+            f, args = (lambda s, x, t, i: m(s)(x, t, i)), (a["x"], a["t"], a["ids"])
+    else:
+        txt = jax.eval_shape(lambda s, ids: m(s).encode_text(ids), st, a["ids"])
+        if with_context:
+            ctx = jax.eval_shape(lambda s, ci, cid, cm: m(s).encode_context(ci, cid, cm), st, a["ci"], a["cid"],
+                                 a["cm"])
+            f, args = (lambda s, x, t, tx, c: m(s).denoise(x, t, tx, c)), (a["x"], a["t"], txt, ctx)
+        else:
+            f, args = (lambda s, x, t, tx: m(s).denoise(x, t, tx)), (a["x"], a["t"], txt)
+    return _flops(jax.jit(f).lower(st, *args).compile())
+
+
+def trace_shapes(model: InstructImagen, batch: dict, t=None) -> list:
+    """Run one forward pass eagerly and return [(block name, output shape)] for every Block, in call order,
+    starting with the text and context features."""
+    text = model.encode_text(batch["text_ids"])
+    rows = [("text tokens", tuple(text.tokens.shape))]
+    ctx = None
+    if model.cfg.use_context and "ctx_image" in batch:
+        ctx = model.encode_context(batch["ctx_image"], batch["ctx_ids"], batch["ctx_mask"])
+        rows.append(("context tokens", tuple(ctx.tokens.shape)))
+    x = jnp.asarray(batch.get("image", jnp.zeros((text.mask.shape[0],) + (model.cfg.resolution,) * 2 + (3,))))
+    t = jnp.full((x.shape[0],), 0.5) if t is None else t
+    probe = {"shapes": []}
+    v = model.denoise(x, t, text, ctx, probe=probe)
+    return rows + probe["shapes"] + [("output v", tuple(v.shape))]
+
+
+def context_attention(model: InstructImagen, x_t, t, text: TextFeatures, ctx: ContextFeatures) -> list:
+    """The context cross-attention weights of one denoise call: [(block name, [B, heads, h*w, K*T])]."""
+    return model.denoise(x_t, t, text, ctx, return_attention=True)[1]

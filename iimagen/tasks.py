@@ -1,0 +1,402 @@
+"""The tasks of both training stages, mapped to the synthetic world (paper §3.2, Table 1, App. A.3).
+
+- Stage 1, retrieval-augmented training (App. A.3.1): clusters of 5 similar-but-not-duplicate examples found by
+  embedding k-NN (`iimagen.retrieval`); an example is 1 target + 3 neighbours as context with their *raw* captions
+  (no template, kind "reference"); 10 % drop text+context, 10 % drop context (`RetrievalPool`).
+- Stage 2, instruction tuning on the mixture of Table 1 (`STAGE2_MIXTURE`): text-to-image 0.20 (0.15 plain + 0.05
+  "artwork" captions that name a style), control 0.20 (depth/mask/edge 0.06 each, sketch 0.02), subject 0.40,
+  styled generation 0.10, style transfer 0.10.
+- Zero-shot compositions (`ZERO_SHOT_TASKS`: style+subject, multi-subject, control+subject, control+style) are
+  evaluation-only: `draw_spec(..., training=True)` refuses them, and every training spec is checked by
+  `check_training` (no composition, no held-out subject or style) before it is returned.
+
+Sampling is split in two: `draw_spec` (cheap; scenes, styles, texts as data) and `realize` (pixels). Everything is
+deterministic in the seed: `sample(task, n, seed, resolution)` gives the same bytes every time.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import world as W
+from .world import WorldError
+
+TASK_NAMES = ("text_to_image", "edge_to_image", "depth_to_image", "mask_to_image", "sketch_to_image", "subject",
+              "styled_generation", "style_transfer", "retrieval",
+              "style_subject", "multi_subject", "control_subject", "control_style")  # index = task_id
+CONTROL_TASKS = {"edge_to_image": "edge", "depth_to_image": "depth", "mask_to_image": "mask",
+                 "sketch_to_image": "sketch"}
+STAGE2_TASKS = TASK_NAMES[:8]
+ZERO_SHOT_TASKS = TASK_NAMES[9:]
+TRAINING_TASKS = TASK_NAMES[:9]
+# Table 1 of the paper -> the world. source -> (task, weight); "artwork" = text-to-image with captions naming a style.
+STAGE2_MIXTURE = {
+    "text_to_image": 0.15, "artwork": 0.05,
+    "depth_to_image": 0.06, "mask_to_image": 0.06, "edge_to_image": 0.06, "sketch_to_image": 0.02,
+    "subject": 0.40, "styled_generation": 0.10, "style_transfer": 0.10,
+}
+SOURCE_TASK = {s: ("text_to_image" if s == "artwork" else s) for s in STAGE2_MIXTURE}
+REF_TEXT = {"edge": "edge map", "depth": "depth map", "mask": "object mask", "sketch": "sketch"}
+DROP_P = 0.10  # stage 1: P(drop text + context) and P(drop context only), App. A.3.1
+
+
+class TaskError(WorldError):
+    """A bad task name, split, mixture or a forbidden (zero-shot) training request; names the field and the fix."""
+
+
+def task_id(task: str) -> int:
+    check_task(task)
+    return TASK_NAMES.index(task)
+
+
+def check_task(task) -> str:
+    if task not in TASK_NAMES:
+        raise TaskError(f"task={task!r} is unknown; use one of {', '.join(TASK_NAMES)}")
+    return task
+
+
+# ------------------------------------------------------------------------------------------------------- specs
+@dataclass(frozen=True)
+class Ref:
+    """One context of a spec: its kind, the scene it shows, the style applied, and its short text (no marker)."""
+
+    kind: str
+    scene: W.Scene
+    style: str | None = None
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything an example is, as data (no pixels): task, target scene + style, contexts, payload text, and the
+    per-example seed used for the control augmentation. `drop`: None | "context" | "all" (stage-1 dropout)."""
+
+    task: str
+    scene: W.Scene
+    style: str | None
+    refs: tuple
+    text: str
+    caption: str | None
+    seed: int
+    drop: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Example:
+    """A realised example: `instruction` (iimagen.instruction.Instruction), `target` uint8 RxRx3, `truth` dict."""
+
+    task: str
+    instruction: object
+    target: np.ndarray
+    truth: dict
+    drop: str | None = None
+
+    @property
+    def task_id(self) -> int:
+        return TASK_NAMES.index(self.task)
+
+
+def composition(spec: Spec) -> dict:
+    """What a spec combines: subjects (target or references), style (target styled or style context), control."""
+    subjects = set(spec.scene.subjects) | {s for r in spec.refs if r.kind == "subject" for s in r.scene.subjects}
+    styled = spec.style is not None or any(r.kind == "style" for r in spec.refs)
+    control = any(r.kind in REF_TEXT for r in spec.refs)
+    return {"subjects": subjects, "style": styled, "control": control}
+
+
+def is_zero_shot(spec: Spec) -> bool:
+    """True for the compositions never trained on: style+subject, several subjects, control+subject,
+    control+style."""
+    c = composition(spec)
+    return (c["style"] and bool(c["subjects"])) or len(c["subjects"]) > 1 or (c["control"] and bool(c["subjects"])) \
+        or (c["control"] and c["style"])
+
+
+def check_training(spec: Spec) -> Spec:
+    """Raise TaskError if a training spec is a zero-shot composition or uses a held-out subject or style."""
+    if is_zero_shot(spec):
+        raise TaskError(f"spec for task {spec.task!r} is a zero-shot composition {composition(spec)}; "
+                        f"zero-shot compositions are evaluation-only")
+    scenes = [spec.scene] + [r.scene for r in spec.refs]
+    held = {s for sc in scenes for s in sc.subjects} & set(W.HELD_OUT_SUBJECTS)
+    held |= ({spec.style} | {r.style for r in spec.refs}) & set(W.HELD_OUT_STYLES)
+    if held:
+        raise TaskError(f"training spec for {spec.task!r} uses held-out {sorted(held)}; they are for evaluation only")
+    return spec
+
+
+def _pools(split: str):
+    if split == "train":
+        return W.TRAIN_SUBJECTS, W.TRAIN_STYLES
+    if split == "test":
+        return W.HELD_OUT_SUBJECTS, W.HELD_OUT_STYLES
+    raise TaskError(f"split={split!r} is unknown; use 'train' (training subjects and styles) or 'test' (held out)")
+
+
+def _subject_refs(rng, name, n):
+    return tuple(Ref("subject", W.repose(rng, W.Scene("white", (W.Obj("circle", subject=name),)))) for _ in range(n))
+
+
+def _marks(first: int, n: int) -> str:
+    return " ".join(f"[ref#{k}]" for k in range(first, first + n))
+
+
+def _plain_scene(rng, **kw):
+    return W.random_scene(rng, **kw)
+
+
+def draw_spec(task: str, rng: np.random.Generator, split: str = "train", training: bool = False,
+              source: str | None = None) -> Spec:
+    """A random spec of `task` (no pixels). `training=True` is what the training loaders use: it refuses zero-shot
+    tasks and the 'test' split, and checks the result with `check_training`. `source="artwork"` gives text-to-image
+    with an artwork caption (a styled target named by its style)."""
+    from . import templates as T
+
+    check_task(task)
+    if training and task in ZERO_SHOT_TASKS:
+        raise TaskError(f"task {task!r} is a zero-shot composition and never trained on; training tasks are "
+                        f"{', '.join(TRAINING_TASKS)}")
+    if training and split != "train":
+        raise TaskError(f"training draws use split='train', got {split!r}")
+    if task == "retrieval":
+        raise TaskError("task 'retrieval' is drawn from a RetrievalPool (stage 1): use RetrievalPool(...).spec(i, rng)")
+    subjects, styles = _pools(split)
+    seed = int(rng.integers(2 ** 31))
+    style, refs, cap, meta = None, (), None, {}
+    if task == "text_to_image":
+        scene = _plain_scene(rng)
+        if source == "artwork" or (source is None and rng.random() < 0.25):
+            style = str(rng.choice(styles))
+            meta["artwork"] = True
+        cap = W.caption(scene, rng, style=style)
+        text = T.render(task, rng, caption=cap)
+    elif task in CONTROL_TASKS:
+        kind = CONTROL_TASKS[task]
+        scene = _plain_scene(rng)
+        refs = (Ref(kind, scene, None, REF_TEXT[kind]),)
+        cap = W.caption(scene, rng)
+        text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {REF_TEXT[kind]}"])
+    elif task in ("subject", "style_subject", "multi_subject", "control_subject"):
+        names = [str(n) for n in rng.choice(subjects, 2 if task == "multi_subject" else 1, replace=False)]
+        scene = W.random_scene(rng, n_objects=len(names) + int(rng.integers(0, 2)), subjects=names)
+        cap = W.caption(scene, rng)
+        if task == "subject":
+            n = int(rng.integers(1, 4))
+            refs = tuple(Ref("subject", r.scene, None, names[0]) for r in _subject_refs(rng, names[0], n))
+            text = T.render(task, rng, caption=cap, refs=[f"{_marks(1, n)} {names[0]}"])
+        elif task == "multi_subject":
+            refs = tuple(Ref("subject", r.scene, None, nm) for nm in names for r in _subject_refs(rng, nm, 1))
+            text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {names[0]}", f"[ref#2] {names[1]}"])
+        elif task == "style_subject":
+            style = str(rng.choice(styles))
+            refs = (Ref("subject", _subject_refs(rng, names[0], 1)[0].scene, None, names[0]),
+                    Ref("style", _plain_scene(rng), style, "style image"))
+            text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {names[0]}", "[ref#2] style image"])
+        else:
+            kind = str(rng.choice(list(REF_TEXT)))
+            refs = (Ref("subject", _subject_refs(rng, names[0], 1)[0].scene, None, names[0]),
+                    Ref(kind, scene, None, REF_TEXT[kind]))
+            text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {names[0]}", f"[ref#2] {REF_TEXT[kind]}"],
+                            control=kind)
+    elif task == "styled_generation":
+        scene, style = _plain_scene(rng), str(rng.choice(styles))
+        word = "style image" if rng.random() < 0.5 else f"{style} style"
+        refs = (Ref("style", _plain_scene(rng), style, word),)
+        cap = W.caption(scene, rng)
+        text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {word}"])
+    elif task == "style_transfer":
+        scene, style = _plain_scene(rng), str(rng.choice(styles))
+        word = "style image" if rng.random() < 0.5 else f"{style} style"
+        refs = (Ref("style", _plain_scene(rng), style, word), Ref("content", scene, None, "content image"))
+        text = T.render(task, rng, refs=[f"[ref#1] {word}", "[ref#2] content image"])
+    else:  # control_style
+        kind = str(rng.choice(list(REF_TEXT)))
+        scene, style = _plain_scene(rng), str(rng.choice(styles))
+        refs = (Ref(kind, scene, None, REF_TEXT[kind]), Ref("style", _plain_scene(rng), style, "style image"))
+        cap = W.caption(scene, rng)
+        text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {REF_TEXT[kind]}", "[ref#2] style image"],
+                        control=kind)
+    spec = Spec(task, scene, style, refs, text, cap, seed, None, meta)
+    return check_training(spec) if training else spec
+
+
+# ----------------------------------------------------------------------------------------------------- pixels
+class _Renders:
+    """Per-spec render cache: the target scene is rendered once even when a control context reuses it."""
+
+    def __init__(self, resolution):
+        self.R, self.cache = resolution, {}
+
+    def __call__(self, scene):
+        key = id(scene)
+        if key not in self.cache:
+            self.cache[key] = (scene, W.render(scene, self.R))
+        return self.cache[key][1]
+
+
+def realize(spec: Spec, resolution: int, images: dict | None = None) -> Example:
+    """Render a spec at `resolution` into an Example (Instruction + target + truth). `images` may map id(scene) ->
+    uint8 image for scenes already rendered (the retrieval pool's cache)."""
+    from .instruction import Context, Instruction
+
+    R = W.check_resolution(resolution)
+    rend = _Renders(R)
+    rng = np.random.default_rng(spec.seed)
+    images = images or {}
+
+    def pixels(scene, style):
+        if style is None and id(scene) in images:
+            return images[id(scene)]
+        return W.to_uint8(W.stylize(rend(scene).image, style))
+
+    target_render = rend(spec.scene)
+    target = pixels(spec.scene, spec.style)
+    ctxs = []
+    for r in spec.refs:
+        if r.kind in REF_TEXT:
+            img = W.control(rend(r.scene), r.kind, rng)
+        else:
+            img = pixels(r.scene, r.style)
+        ctxs.append(Context(img, r.text, r.kind))
+    if spec.drop is not None:
+        ctxs = []
+    instruction = Instruction(spec.text, tuple(ctxs))
+    truth = W.truth(target_render, spec.style, spec.caption)
+    truth.update(task=spec.task, refs=[{"kind": r.kind, "text": r.text, "style": r.style,
+                                        "subjects": r.scene.subjects} for r in spec.refs], drop=spec.drop, **spec.meta)
+    return Example(spec.task, instruction, target, truth, spec.drop)
+
+
+def sample(task: str, n: int, seed: int, resolution: int, split: str = "train", pool=None) -> list[Example]:
+    """`n` examples of `task` at `resolution` (32/64/128), deterministic in `seed`. Zero-shot tasks are allowed here
+    (evaluation); `split='test'` uses the held-out subjects and styles. `task='retrieval'` draws stage-1 examples
+    from `pool` (a RetrievalPool; a small default one is built when None)."""
+    check_task(task)
+    W.check_resolution(resolution)
+    if not isinstance(n, (int, np.integer)) or n < 0:
+        raise TaskError(f"n={n!r} must be an int >= 0")
+    rng = np.random.default_rng([int(seed), task_id(task)])
+    if task == "retrieval":
+        pool = pool or RetrievalPool(512, seed=int(seed))
+        return [pool.example(int(rng.integers(len(pool.clusters))), rng, resolution) for _ in range(n)]
+    return [realize(draw_spec(task, rng, split), resolution) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------------------------ stage-2 mixture
+def check_mixture(mixture: dict | None) -> dict:
+    """Normalised {source: weight}; sources are STAGE2_MIXTURE's keys (or any training task name)."""
+    mixture = dict(STAGE2_MIXTURE if mixture is None else mixture)
+    valid = set(STAGE2_MIXTURE) | set(STAGE2_TASKS)
+    bad = [k for k in mixture if k not in valid or k in ZERO_SHOT_TASKS]
+    if bad or not mixture:
+        raise TaskError(f"mixture sources {bad or '(empty)'} are not valid; use some of {', '.join(sorted(valid))}")
+    w = np.asarray(list(mixture.values()), float)
+    if np.any(w < 0) or w.sum() <= 0:
+        raise TaskError(f"mixture weights {mixture} must be >= 0 with a positive sum")
+    return dict(zip(mixture, (w / w.sum()).tolist()))
+
+
+def draw_mixture_spec(rng: np.random.Generator, mixture: dict | None = None) -> Spec:
+    """One training spec of the stage-2 mixture: a source by its weight, then its task's spec."""
+    m = check_mixture(mixture)
+    src = list(m)[int(rng.choice(len(m), p=list(m.values())))]
+    return draw_spec(SOURCE_TASK.get(src, src), rng, training=True, source="artwork" if src == "artwork" else "natural")
+
+
+# ------------------------------------------------------------------------------------------ stage-1 clusters
+class RetrievalPool:
+    """Stage-1 data (App. A.3.1): a pool of captioned world images (plain scenes, styled scenes with artwork
+    captions, single-subject scenes; training subjects and styles only), embedded with `retrieval.embed`, and
+    clusters of 5 similar-but-not-duplicate items: for each anchor, its top-10 neighbours by cosine similarity,
+    near-duplicates removed (`dup_threshold`), truncated to 5; shorter clusters are dropped."""
+
+    def __init__(self, size: int = 2048, seed: int = 0, embed_resolution: int = 32, dup_threshold: float = 0.97,
+                 cluster_size: int = 5, candidates: int = 10):
+        from . import retrieval
+
+        rng = np.random.default_rng([seed, 101])
+        self.items = []  # (scene, style, caption)
+        for _ in range(size):
+            u = rng.random()
+            if u < 0.35:
+                sc = W.random_scene(rng, n_objects=1 + int(rng.integers(0, 2)),
+                                    subjects=[str(rng.choice(W.TRAIN_SUBJECTS))])
+                st = None
+            else:
+                sc, st = W.random_scene(rng), (str(rng.choice(W.TRAIN_STYLES)) if u < 0.7 else None)
+            self.items.append((sc, st, W.caption(sc, rng, style=st)))
+        self.subject = np.asarray([it[0].subjects[0] if it[0].subjects else "" for it in self.items])
+        self.style = np.asarray([it[1] or "" for it in self.items])
+        imgs = np.stack([self.image(i, embed_resolution) for i in range(size)])
+        self.emb = retrieval.embed(imgs)
+        self.clusters = retrieval.build_clusters(self.emb, cluster_size, candidates, dup_threshold)
+        self._cache: dict = {}
+
+    def __len__(self):
+        return len(self.items)
+
+    def image(self, i: int, resolution: int) -> np.ndarray:
+        """uint8 image of item i (cached per resolution)."""
+        key = (i, resolution)
+        cache = getattr(self, "_cache", {})
+        if key not in cache:
+            sc, st, _ = self.items[i]
+            cache[key] = W.to_uint8(W.stylize(W.render(sc, resolution).image, st))
+            self._cache = cache
+        return cache[key]
+
+    def spec(self, c: int, rng: np.random.Generator) -> tuple[Spec, list[int]]:
+        """Stage-1 spec from cluster c: 1 target + 3 neighbours (raw captions), with the 10 %/10 % dropout."""
+        members = [int(i) for i in rng.permutation(self.clusters[c])]
+        t, ctx = members[0], members[1:4]
+        u = rng.random()
+        drop = "all" if u < DROP_P else ("context" if u < 2 * DROP_P else None)
+        sc, st, cap = self.items[t]
+        refs = tuple(Ref("reference", self.items[i][0], self.items[i][1], self.items[i][2]) for i in ctx)
+        spec = Spec("retrieval", sc, st, refs, cap, cap, int(rng.integers(2 ** 31)), drop, {"pool_items": [t] + ctx})
+        return spec, [t] + ctx
+
+    def example(self, c: int, rng: np.random.Generator, resolution: int) -> Example:
+        spec, idx = self.spec(c, rng)
+        images = {id(self.items[i][0]): self.image(i, resolution) for i in idx}
+        # the pool's images carry their own style: realize() must not restyle them
+        spec = Spec(spec.task, spec.scene, None, tuple(Ref(r.kind, r.scene, None, r.text) for r in spec.refs),
+                    spec.text, spec.caption, spec.seed, spec.drop, spec.meta)
+        ex = realize(spec, resolution, images)
+        ex.truth["style"] = self.items[idx[0]][1]
+        ex.truth["refs"] = [dict(r, style=self.items[i][1]) for r, i in zip(ex.truth["refs"], idx[1:])]
+        return ex
+
+
+# ------------------------------------------------------------------------------------------ curated examples
+EXAMPLE_SEEDS = {t: 1000 + i for i, t in enumerate(TASK_NAMES)}
+
+
+def write_examples(folder=None, resolution: int = 64) -> Path:
+    """Regenerate `data/examples/`: one Instruction folder per task and zero-shot composition (fixed seeds, 64 px),
+    with `target.png`, `truth.json`, and `index.json` listing them."""
+    from PIL import Image
+
+    from . import paths
+
+    folder = Path(folder or paths.EXAMPLES)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = []
+    pool = None
+    for task in TASK_NAMES:
+        if task == "retrieval":
+            pool = RetrievalPool(256, seed=EXAMPLE_SEEDS[task])
+        ex = sample(task, 1, EXAMPLE_SEEDS[task], resolution, pool=pool)[0]
+        if task == "retrieval" and ex.drop:  # show the undropped case
+            ex = next(e for e in sample(task, 8, EXAMPLE_SEEDS[task], resolution, pool=pool) if not e.drop)
+        ex.instruction.save(folder / task)
+        Image.fromarray(ex.target).save(folder / task / "target.png")
+        (folder / task / "truth.json").write_text(json.dumps(ex.truth, indent=1) + "\n")
+        index.append({"task": task, "folder": task, "zero_shot": task in ZERO_SHOT_TASKS,
+                      "seed": EXAMPLE_SEEDS[task], "resolution": resolution, "text": ex.instruction.text})
+    (folder / "index.json").write_text(json.dumps({"examples": index}, indent=1) + "\n")
+    return folder

@@ -1,0 +1,125 @@
+"""Tasks: determinism, zero-shot exclusion, mixture ratios, clear errors, what each task's example holds."""
+import numpy as np
+import pytest
+
+from iimagen import tasks as T
+from iimagen import world as W
+
+
+def test_task_names_stable():
+    assert T.TASK_NAMES[:8] == ("text_to_image", "edge_to_image", "depth_to_image", "mask_to_image",
+                                "sketch_to_image", "subject", "styled_generation", "style_transfer")
+    assert set(T.ZERO_SHOT_TASKS) == {"style_subject", "multi_subject", "control_subject", "control_style"}
+    assert not set(T.ZERO_SHOT_TASKS) & set(T.TRAINING_TASKS)
+    assert T.task_id("subject") == 5
+
+
+def test_sample_deterministic_same_bytes():
+    a = T.sample("subject", 2, seed=4, resolution=32)
+    b = T.sample("subject", 2, seed=4, resolution=32)
+    for x, y in zip(a, b):
+        assert x.target.tobytes() == y.target.tobytes() and x.instruction == y.instruction
+    c = T.sample("subject", 2, seed=5, resolution=32)
+    assert a[0].target.tobytes() != c[0].target.tobytes()
+
+
+def test_bad_task_and_resolution():
+    with pytest.raises(ValueError, match="text_to_image.*style_transfer"):
+        T.sample("txt2img", 1, 0, 32)
+    with pytest.raises(ValueError, match="32, 64, 128"):
+        T.sample("subject", 1, 0, 100)
+    with pytest.raises(ValueError, match="split"):
+        T.sample("subject", 1, 0, 32, split="val")
+
+
+@pytest.mark.parametrize("task", T.ZERO_SHOT_TASKS)
+def test_training_refuses_zero_shot(task):
+    with pytest.raises(ValueError, match="zero-shot"):
+        T.draw_spec(task, np.random.default_rng(0), training=True)
+    spec = T.draw_spec(task, np.random.default_rng(0))  # evaluation may draw it
+    assert T.is_zero_shot(spec)
+    with pytest.raises(ValueError, match="zero-shot"):
+        T.check_training(spec)
+
+
+def test_no_zero_shot_or_held_out_in_10000_training_draws():
+    rng = np.random.default_rng(0)
+    counts = {}
+    m = T.check_mixture(None)
+    for _ in range(10_000):
+        s = T.draw_mixture_spec(rng, m)
+        assert not T.is_zero_shot(s)
+        c = T.composition(s)
+        assert len(c["subjects"]) <= 1 and not (c["subjects"] and (c["style"] or c["control"]))
+        assert not c["subjects"] & set(W.HELD_OUT_SUBJECTS)
+        assert s.style not in W.HELD_OUT_STYLES and all(r.style not in W.HELD_OUT_STYLES for r in s.refs)
+        key = "artwork" if s.meta.get("artwork") else s.task
+        counts[key] = counts.get(key, 0) + 1
+    for src, w in T.STAGE2_MIXTURE.items():  # mixture ratios within 3 standard errors
+        p = counts.get(src, 0) / 10_000
+        assert abs(p - w) < 3 * np.sqrt(w * (1 - w) / 10_000) + 1e-3, (src, p, w)
+
+
+def test_configurable_mixture():
+    rng = np.random.default_rng(1)
+    tasks = {T.draw_mixture_spec(rng, {"subject": 1, "style_transfer": 1}).task for _ in range(50)}
+    assert tasks == {"subject", "style_transfer"}
+    with pytest.raises(ValueError, match="mixture"):
+        T.check_mixture({"multi_subject": 1.0})
+
+
+def test_examples_of_each_task():
+    for task in T.STAGE2_TASKS + T.ZERO_SHOT_TASKS:
+        ex = T.sample(task, 1, 3, 32)[0]
+        ins = ex.instruction
+        assert ex.target.shape == (32, 32, 3) and ex.target.dtype == np.uint8
+        assert ex.truth["task"] == task and ex.truth["objects"]
+        if task in T.CONTROL_TASKS:
+            assert ins.kinds == [T.CONTROL_TASKS[task]]
+            if task == "mask_to_image":  # the mask is the target's silhouettes
+                r = W.render(T.draw_spec(task, np.random.default_rng([3, T.task_id(task)])).scene, 32)
+                assert np.array_equal(ins.contexts[0].image, W.mask_map(r))
+        if task == "subject":
+            name = ex.truth["subjects"][0]
+            assert 1 <= len(ins.contexts) <= 3 and all(c.kind == "subject" and name in c.text for c in ins.contexts)
+            assert name in ins.text
+        if task == "style_transfer":
+            assert ins.kinds == ["style", "content"] and ex.truth["caption"] is None
+            for o in ex.truth["objects"]:  # no content words in the text
+                assert o["shape"] not in ins.text and (o["colour"] or "-") not in ins.text
+        if task == "styled_generation":
+            assert ins.kinds == ["style"] and ex.truth["style"] in W.TRAIN_STYLES
+        if task == "multi_subject":
+            assert len(set(ex.truth["subjects"])) == 2
+    test = T.sample("subject", 3, 0, 32, split="test")
+    assert all(e.truth["subjects"][0] in W.HELD_OUT_SUBJECTS for e in test)
+
+
+def test_retrieval_examples_follow_stage1():
+    pool = T.RetrievalPool(256, seed=0)
+    assert pool.clusters.shape[1] == 5 and len(pool.clusters) > 50
+    exs = T.sample("retrieval", 40, 0, 32, pool=pool)
+    drops = [e.drop for e in exs]
+    full = [e for e in exs if e.drop is None]
+    assert full and all(len(e.instruction.contexts) == 3 for e in full)
+    assert all(c.kind == "reference" for e in full for c in e.instruction.contexts)
+    assert all(len(e.instruction.contexts) == 0 for e in exs if e.drop)
+    # raw captions: the payload is the target caption, contexts are the neighbours' captions
+    e = full[0]
+    items = e.truth["pool_items"]
+    assert e.instruction.text == pool.items[items[0]][2]
+    assert [c.text.split("] ", 1)[1] for c in e.instruction.contexts] == [pool.items[i][2] for i in items[1:]]
+    assert len(set(items)) == 4
+    assert drops.count(None) > 20
+
+
+def test_write_examples(tmp_path):
+    import json
+
+    from iimagen.instruction import Instruction
+
+    folder = T.write_examples(tmp_path)
+    index = json.loads((folder / "index.json").read_text())["examples"]
+    assert [e["task"] for e in index] == list(T.TASK_NAMES)
+    ins = Instruction.load(folder / "control_style")
+    assert ins.kinds[1] == "style" and ins.contexts[0].image.shape == (64, 64, 3)

@@ -1,0 +1,119 @@
+"""The synthetic world: determinism, vocabulary sizes, ground truth agrees with pixels, controls."""
+import numpy as np
+import pytest
+
+from iimagen import world as W
+
+
+def test_vocabulary_sizes():
+    assert len(W.SHAPES) >= 8 and len(W.COLOURS) >= 8 and len(W.BACKGROUNDS) >= 6
+    assert len(W.SUBJECTS) >= 50 and len(W.HELD_OUT_SUBJECTS) >= 10 and len(set(W.SUBJECT_NAMES)) == len(W.SUBJECTS)
+    assert len(W.STYLES) >= 12 and len(W.HELD_OUT_STYLES) >= 3
+    assert not set(W.HELD_OUT_SUBJECTS) & set(W.TRAIN_SUBJECTS)
+    assert not set(W.HELD_OUT_STYLES) & set(W.TRAIN_STYLES)
+    assert len(W.PHRASINGS) >= 10
+    # subject looks are distinct: no two share body shape, pattern, part and colours
+    looks = {(s.shape, s.pattern, s.part, s.colours) for s in W.SUBJECTS}
+    assert len(looks) == len(W.SUBJECTS)
+
+
+@pytest.mark.parametrize("R", W.RESOLUTIONS)
+def test_render_deterministic(R):
+    a = W.random_scene(np.random.default_rng(3), subjects=["zib"] if "zib" in W.SUBJECT_NAMES else [W.SUBJECT_NAMES[0]])
+    b = W.random_scene(np.random.default_rng(3), subjects=["zib"] if "zib" in W.SUBJECT_NAMES else [W.SUBJECT_NAMES[0]])
+    assert a == b
+    ia, _ = W.make(a, R, style="mosaic")
+    ib, _ = W.make(b, R, style="mosaic")
+    assert ia.dtype == np.uint8 and ia.shape == (R, R, 3) and ia.tobytes() == ib.tobytes()
+
+
+def test_bad_resolution_and_style():
+    s = W.random_scene(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="32, 64, 128"):
+        W.render(s, 48)
+    with pytest.raises(ValueError, match="mosaic"):
+        W.make(s, 32, style="cubism")
+
+
+def _two_overlapping():
+    back = W.Obj("square", "red", None, 0.4, 0.5, 0.25)
+    front = W.Obj("circle", "blue", None, 0.6, 0.5, 0.2)
+    return W.Scene("white", (back, front))
+
+
+def test_mask_is_union_of_silhouettes_and_colour_matches():
+    r = W.render(_two_overlapping(), 64)
+    mask = W.mask_map(r)[..., 0] > 127
+    assert np.array_equal(mask, r.coverage.max(0) >= 0.5)
+    # interior pixels of the front circle are exactly blue, of the back square (not covered) exactly red
+    full_front = r.coverage[1] == 1
+    only_back = (r.coverage[0] == 1) & (r.coverage[1] == 0)
+    assert np.allclose(r.image[full_front], W.COLOURS["blue"], atol=1e-5)
+    assert np.allclose(r.image[only_back], W.COLOURS["red"], atol=1e-5)
+    assert np.allclose(r.image[r.coverage.max(0) == 0], W.background("white", 64)[r.coverage.max(0) == 0])
+
+
+def test_depth_order_of_overlapping_objects():
+    r = W.render(_two_overlapping(), 64)
+    d = W.depth_map(r)[..., 0].astype(int)
+    overlap = (r.coverage[0] == 1) & (r.coverage[1] == 1)
+    only_back = (r.coverage[0] == 1) & (r.coverage[1] == 0)
+    assert overlap.any() and only_back.any()
+    assert np.all(d[overlap] == round(W.depth_value(1) * 255))  # nearer object wins where they overlap
+    assert np.all(d[only_back] == round(W.depth_value(0) * 255))
+    assert d[overlap].min() > d[only_back].max() > d[r.coverage.max(0) == 0].max()  # nearer = brighter
+
+
+def test_truth_boxes_and_visibility():
+    r = W.render(_two_overlapping(), 64)
+    t = W.truth(r)
+    back, front = t["objects"]
+    assert front["z"] == 1 and front["colour"] == "blue" and front["visible"] == pytest.approx(1.0)
+    assert 0 < back["visible"] < 1
+    x0, y0, x1, y1 = front["box"]
+    assert x0 == pytest.approx(0.6 - 0.2 * 0.95, abs=2 / 64) and x1 == pytest.approx(0.6 + 0.2 * 0.95, abs=2 / 64)
+    assert front["position"] == "in the centre" and back["size"] == "large"
+
+
+def test_controls_shapes_and_sketch_edges():
+    r = W.render(W.random_scene(np.random.default_rng(1), n_objects=3), 32)
+    for kind in W.CONTROLS:
+        m = W.control(r, kind, np.random.default_rng(0))
+        assert m.shape == (32, 32, 3) and m.dtype == np.uint8
+    sk = W.sketch_map(r)[..., 0]
+    ids = W.region_ids(r)
+    # every contour pixel sits on a boundary between two different regions
+    line = sk < 128
+    assert line.any()
+    boundary = np.zeros_like(line)
+    boundary[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    boundary[1:] |= ids[1:] != ids[:-1]
+    assert np.array_equal(line, boundary)
+    e1 = W.edge_map(r, np.random.default_rng(0), source="mask", dilation=0)
+    e2 = W.edge_map(r, np.random.default_rng(0), source="mask", dilation=1)
+    assert (e2 >= e1).all() and (e2 > 127).sum() > (e1 > 127).sum() > 0
+
+
+def test_styles_change_every_scene_and_differ():
+    r = W.render(W.random_scene(np.random.default_rng(2)), 32)
+    outs = {s: W.to_uint8(W.stylize(r.image, s)) for s in W.STYLES}
+    base = W.to_uint8(r.image)
+    for s, o in outs.items():
+        assert np.abs(o.astype(int) - base).mean() > 3, s
+    names = list(outs)
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            assert np.abs(outs[names[i]].astype(int) - outs[names[j]]).mean() > 2, (names[i], names[j])
+
+
+def test_captions_name_the_scene():
+    rng = np.random.default_rng(0)
+    s = W.random_scene(rng, subjects=[W.SUBJECT_NAMES[5]])
+    texts = {W.caption(s, rng) for _ in range(60)}
+    assert len(texts) >= 10
+    assert all(W.SUBJECT_NAMES[5] in t for t in texts)
+    art = W.caption(s, rng, style="halftone")
+    assert "halftone" in art
+    corpus = " ".join(W.caption_corpus())
+    for word in list(W.SHAPES) + list(W.COLOURS) + list(W.SUBJECT_NAMES) + list(W.STYLES) + list(W.BACKGROUNDS.values()):
+        assert word in corpus
