@@ -54,7 +54,7 @@ def marker(k: int) -> str:
 
 
 def find_markers(text: str, field: str = "text") -> list[tuple[int, int, int]]:
-    """(start, end, N) of every marker in `text`; any malformed one ([ref#0], [ref#x], [ref# 1], [ref#01]) is an error."""
+    """(start, end, N) of every marker in `text`; a malformed one ([ref#0], [ref#x], [ref# 1], [ref#01]) is an error."""
     found = []
     for m in _CANDIDATE.finditer(text):
         ok = _MARKER.match(text, m.start())
@@ -83,7 +83,7 @@ def to_rgb_uint8(image, field: str = "image") -> np.ndarray:
                 im.load()
                 image = im.copy()
         except (UnidentifiedImageError, OSError) as e:
-            raise InstructionError(f"{field}: {str(path)!r} is not a readable image file (PNG, JPEG, ...): {e}") from None
+            raise InstructionError(f"{field}: {str(path)!r} is not a readable image file (PNG, JPEG...): {e}") from None
     if isinstance(image, Image.Image):
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = np.asarray(image.convert("RGBA"))
@@ -152,7 +152,8 @@ class Context:
             raise InstructionError(f"Context.text must be a string, got {type(self.text).__name__}")
         if self.kind not in KINDS:
             raise InstructionError(
-                f"Context.kind {self.kind!r} is unknown; use one of {', '.join(KINDS)} (or register_kind({self.kind!r}))")
+                f"Context.kind {self.kind!r} is unknown; use one of {', '.join(KINDS)} "
+                f"(or register_kind({self.kind!r}))")
         marks = find_markers(self.text, "Context.text")
         if marks and (len(marks) > 1 or marks[0][0] != 0):
             raise InstructionError(
@@ -175,7 +176,7 @@ class Context:
 
 @dataclass(frozen=True, eq=False)
 class Instruction:
-    """A multi-modal instruction (paper §2): payload `text` with `[ref#k]` markers, plus `contexts` (slot k = index k-1).
+    """A multi-modal instruction (paper §2): payload `text` with `[ref#k]` markers, and `contexts` (slot k = index k-1).
 
     Rules: the text is a non-empty string; markers are exactly `[ref#N]`, N >= 1, and each refers to an existing
     context; at most `MAX_CONTEXTS` contexts; context k's text starts with `[ref#k]` (added when missing). A context
@@ -255,7 +256,8 @@ class Instruction:
             if key not in d:
                 raise InstructionError(f"instruction data has no {key!r} key; add it (see Instruction.save)")
             if not isinstance(d[key], typ):
-                raise InstructionError(f"instruction data {key!r} must be a {typ.__name__}, got {type(d[key]).__name__}")
+                raise InstructionError(
+                    f"instruction data {key!r} must be a {typ.__name__}, got {type(d[key]).__name__}")
         ctxs = []
         for i, c in enumerate(d["contexts"]):
             where = f"contexts[{i}]"
@@ -302,7 +304,8 @@ class Instruction:
         try:
             d = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InstructionError(f"Instruction.load: {str(path)!r} is not valid JSON ({e}); fix or re-save it") from None
+            raise InstructionError(
+                f"Instruction.load: {str(path)!r} is not valid JSON ({e}); fix or re-save it") from None
         try:
             return cls.from_dict(d, root=path.parent)
         except InstructionError as e:

@@ -7,7 +7,7 @@ training task (`train.json`) and keeps the zero-shot compositions in a separate,
 
     >>> rng = np.random.default_rng(0)
     >>> render("edge_to_image", rng, caption="a red circle", refs=["[ref#1] edge map"])
-    'Edge-to-image generation. With [ref#1] edge map as your guide, generate an image that reflects the caption: a red circle'
+    'Edge-to-image generation. With [ref#1] edge map as your guide, generate an image that reflects the caption: a r...'
 
 Placeholders: `{caption}` (the target caption) and `{ref1}`, `{ref2}` (short context prompts, each starting with its
 marker). `spec(task)` says which a task needs: `refs` lists what each ref is (e.g. style_transfer: style, content).

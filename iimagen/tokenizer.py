@@ -8,8 +8,8 @@ has `VOCAB_SIZE = 2048` rows; the trained vocabulary is at most that.
 
     >>> tok = load_tokenizer()
     >>> ids = tok.encode(["Follow [ref#1] edge map: a red circle"], max_len=16)   # int32 [1, 16], pad 0
-    >>> tok.decode(ids[0])
-    '[ref#1] ...'
+    >>> tok.decode(ids[0])                                                    # lower-cased, markers kept
+    'follow [ref#1] edge map: a red circle'
 
 Rebuild (after the templates or the world's vocabulary change): `python -m iimagen.tokenizer`.
 """
@@ -37,7 +37,7 @@ class TokenizerError(ValueError):
 
 
 class Tokenizer:
-    """A thin wrapper over a `tokenizers.Tokenizer`: fixed-length int32 ids for the model, and `.hf` for transformers."""
+    """A thin wrapper over a `tokenizers.Tokenizer`: fixed-length int32 ids for the model; `.hf` for transformers."""
 
     def __init__(self, tok, path: Path | None = None):
         self.tok, self.path = tok, path

@@ -8,7 +8,7 @@
 
 Baselines come from the same entry point (`--variant`):
 - `no_instruction`: the multi-task model trained on raw inputs without instruction text (paper Table 3, "Multi-task").
-- `single_task:<task>`: one model per task.
+- `single_task=<task>`: one model per task.
 - Stage 2 with `--init` pointing at a stage-0 run gives "without stage 1" (paper Table 4).
 
 Everything the paper fixes is the default:
@@ -73,7 +73,7 @@ class TrainConfig:
     stage: int = 0                     # 0: text-to-image, 1: retrieval-augmented, 2: instruction tuning
     workdir: str = "runs/tiny-stage0"
     init: str | None = None            # workdir or exported checkpoint to start from (stage 1 and 2)
-    variant: str = "instruct"          # instruct | no_instruction | single_task:<task>
+    variant: str = "instruct"          # instruct | no_instruction | single_task=<task>
     steps: int | None = None           # None: STAGE_DEFAULTS[stage]
     batch_size: int = 64               # global batch, split over devices and hosts
     lr: float | None = None

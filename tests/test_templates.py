@@ -69,7 +69,8 @@ def test_control_prefix(task, control):
     text = T.render(task, 0, caption=CAPTION, refs=["[ref#1] map"])
     assert text.startswith(prefix + " ")
     assert not T.render(task, 0, caption=CAPTION, refs=["[ref#1] map"], prefix=False).startswith(prefix)
-    assert T.render("control_style", 0, caption=CAPTION, refs=_refs("control_style"), control=control).startswith(prefix)
+    text = T.render("control_style", 0, caption=CAPTION, refs=_refs("control_style"), control=control)
+    assert text.startswith(prefix)
     assert not T.render("text_to_image", 0, caption=CAPTION).startswith(prefix)
 
 

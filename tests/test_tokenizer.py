@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from iimagen import templates as T
-from iimagen.tokenizer import (REF_TOKENS, VOCAB_SIZE, TokenizerError, build_tokenizer, load_tokenizer)
+from iimagen.tokenizer import VOCAB_SIZE, TokenizerError, build_tokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_lowercase_and_decode_round_trip(tok):
     assert tok.decode(ids) == [text.lower()]
 
 
-@pytest.mark.parametrize("text", ["zorblaxian quuxberry", "ünïcödé façade", "emoji 🦄🔥 ok", "日本語のテキスト",
+@pytest.mark.parametrize("text", ["zorblaxian quuxberry", "ünïcödé façade", "emoji 🦄🔥 ok", "日本語テキスト",
                                   "tab\tand\nnewline", "\x00\x01 control", "{caption} braces", " " * 5])
 def test_unseen_text_never_crashes(tok, text):
     ids = tok.encode(text, 64)[0]
@@ -83,7 +83,7 @@ def test_build_tokenizer(tmp_path):
     t = build_tokenizer(tmp_path / "tok.json", corpus=corpus, vocab_size=1024)
     assert t.vocab_size <= 1024 and [t.ref_id(k) for k in range(1, 9)] == list(range(1, 9))
     assert len(t.tokens(" zorblax")) == 1                  # the corpus vocabulary became whole tokens
-    t2 = build_tokenizer(tmp_path / "tok2.json", corpus=corpus, vocab_size=1024)
+    build_tokenizer(tmp_path / "tok2.json", corpus=corpus, vocab_size=1024)
     assert (tmp_path / "tok.json").read_text() == (tmp_path / "tok2.json").read_text()   # deterministic
     with pytest.raises(TokenizerError, match="VOCAB_SIZE"):
         build_tokenizer(tmp_path / "x.json", corpus=corpus, vocab_size=4096)
@@ -96,3 +96,13 @@ def test_load_errors(tmp_path):
     with pytest.raises(TokenizerError, match="rebuild"):
         load_tokenizer(tmp_path / "bad.json")
     assert load_tokenizer(T.paths.DATA).vocab_size > 0        # a folder holding tokenizer.json
+
+
+def test_shipped_tokenizer_knows_the_world_vocabulary(tok):
+    world = pytest.importorskip("iimagen.world")
+    if not hasattr(world, "caption_corpus"):
+        pytest.skip("iimagen.world.caption_corpus() not there yet")
+    corpus = world.caption_corpus()
+    n_tok = sum(len(tok.tokens(c)) for c in corpus)
+    n_words = sum(len(c.split()) for c in corpus)
+    assert n_tok <= 1.1 * n_words, "data/tokenizer.json is stale: rebuild it with `python -m iimagen.tokenizer`"

@@ -1,0 +1,185 @@
+"""The exported-model folder (docs/contracts.md, "Checkpoints"): what `Generator.load` and the notebooks read.
+
+    model_dir/
+      config.json     {"format": 1, "model": asdict(ModelConfig), "meta": {...}, "params_dtype": "float32"}
+      tokenizer.json  a copy of the tokenizer the model was trained with
+      params/         orbax (StandardCheckpointer): the weights as a plain nested dict {"text_encoder": {...}, ...}
+      MODEL_CARD.md   what the model is, written from `meta`
+
+`save_model(dir, model, meta, dtype="bfloat16")` stores the weights in bf16 (half the size; restored to float32).
+`load_model(dir) -> (model, tokenizer, meta)`. Every problem raises `CheckpointError` (a ValueError) naming the field
+and the fix. Training state (optimizer, step, data position) is not here: `iimagen.train` keeps it with orbax's
+CheckpointManager in `workdir/checkpoints/` and exports this folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FORMAT = 1
+PARAMS_DTYPES = ("float32", "bfloat16")
+
+
+class CheckpointError(ValueError):
+    """A missing, incomplete or mismatched exported model; the message names the field and the fix."""
+
+
+def _flat_params(model) -> dict[str, jax.Array]:
+    """{"a/b/0/kernel": array} of the model's nnx.Param leaves (the same names under flax 0.11 and 0.12)."""
+    from flax import nnx
+
+    state = nnx.state(model, nnx.Param)
+    flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
+    return {"/".join(map(str, p)): (v.value if hasattr(v, "value") else v) for p, v in flat}
+
+
+def _nest(flat: dict) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        d = out
+        *head, last = path.split("/")
+        for k in head:
+            d = d.setdefault(k, {})
+        d[last] = v
+    return out
+
+
+def _unnest(tree, prefix="") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for k, v in tree.items():
+        out.update(_unnest(v, f"{prefix}/{k}" if prefix else str(k)))
+    return out
+
+
+def _model_card(cfg, meta) -> str:
+    lines = [f"# iimagen model: {cfg.name}", "",
+             "An Instruct-Imagen (Hu et al., CVPR 2024) denoiser trained with the iimagen kit.", "",
+             f"- resolution {cfg.resolution} px, {cfg.K} context slots, context branch: {cfg.use_context}"]
+    lines += [f"- {k}: {v}" for k, v in sorted(meta.items())]
+    lines += ["", "Load it with `iimagen.Generator.load(path)` or `iimagen.checkpoint.load_model(path)`."]
+    return "\n".join(lines) + "\n"
+
+
+def save_model(directory, model, meta: dict | None = None, *, tokenizer=None, dtype: str = "float32",
+               overwrite: bool = True) -> Path:
+    """Write the exported-model folder for `model` (an `InstructImagen`; pass the EMA weights' model).
+
+    meta: JSON-serialisable facts (stage, steps, dataset, scores...). tokenizer: a `Tokenizer` or a path to a
+    tokenizer.json (default: the one the tokenizer module loads). dtype: "float32" or "bfloat16" storage.
+    """
+    import orbax.checkpoint as ocp
+
+    from . import tokenizer as tokmod
+
+    if dtype not in PARAMS_DTYPES:
+        raise CheckpointError(f"save_model: dtype={dtype!r}; use one of {PARAMS_DTYPES}")
+    meta = dict(meta or {})
+    try:
+        json.dumps(meta)
+    except TypeError as e:
+        raise CheckpointError(f"save_model: meta must be JSON-serialisable ({e}); store plain numbers/strings") from None
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        raise CheckpointError("save_model: model has no ModelConfig `cfg`; pass an iimagen.model.InstructImagen")
+    directory = Path(directory).absolute()
+    if directory.exists() and not overwrite:
+        raise CheckpointError(f"save_model: {directory} exists; pass overwrite=True or choose another folder")
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cast = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    params = _nest({k: np.asarray(jnp.asarray(v, cast)) if jnp.issubdtype(v.dtype, jnp.floating) else np.asarray(v)
+                    for k, v in _flat_params(model).items()})
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp / "params", params)
+    ckptr.wait_until_finished()
+    tok_path = getattr(tokenizer, "path", tokenizer) or tokmod.paths.TOKENIZER
+    if not Path(tok_path).exists():
+        raise CheckpointError(f"save_model: tokenizer file {tok_path} not found; build it with "
+                              "`python -m iimagen.tokenizer` or pass tokenizer=")
+    shutil.copy(tok_path, tmp / "tokenizer.json")
+    (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "model": dataclasses.asdict(cfg), "meta": meta,
+                                                 "params_dtype": dtype}, indent=2, sort_keys=True))
+    (tmp / "MODEL_CARD.md").write_text(_model_card(cfg, meta))
+    shutil.rmtree(directory, ignore_errors=True)  # the folder is replaced whole: never half old, half new
+    tmp.rename(directory)
+    return directory
+
+
+def read_config(directory):
+    """(ModelConfig, meta, params_dtype) from `directory/config.json`, with clear errors."""
+    from .configs import ModelConfig
+
+    directory = Path(directory)
+    fix = "export one with `iimagen.checkpoint.save_model(dir, model, meta)` (or `iimagen train ... --export DIR`)"
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint folder {directory} does not exist; {fix}")
+    for name in ("config.json", "tokenizer.json", "params"):
+        if not (directory / name).exists():
+            raise CheckpointError(f"checkpoint {directory} is incomplete: {name} is missing; re-export it ({fix})")
+    try:
+        raw = json.loads((directory / "config.json").read_text())
+        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["model"].items()})
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory / 'config.json'} is not a valid model config ({e}); re-export the "
+                              "checkpoint with this version of iimagen") from None
+    return cfg, raw.get("meta", {}), raw.get("params_dtype", "float32")
+
+
+def load_model(directory):
+    """(model, tokenizer, meta) from an exported folder; the weights come back as float32."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from .model import InstructImagen
+    from .tokenizer import load_tokenizer
+
+    directory = Path(directory).absolute()
+    cfg, meta, _ = read_config(directory)
+    stored = _unnest(ocp.StandardCheckpointer().restore(directory / "params"))
+    model = InstructImagen(cfg, rngs=nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
+    new, seen = [], set()
+    for path, var in flat:
+        key = "/".join(map(str, path))
+        if key not in stored:
+            raise CheckpointError(f"checkpoint {directory}: config.json builds parameter {key!r}, which params/ "
+                                  f"lacks; {_hint(key, cfg)}")
+        val = (var.value if hasattr(var, "value") else var)
+        got = np.asarray(stored[key])
+        if got.shape != val.shape:
+            raise CheckpointError(f"checkpoint {directory}: parameter {key!r} has shape {got.shape} in params/ but "
+                                  f"{tuple(val.shape)} from config.json; {_hint(key, cfg)}")
+        new.append((path, var.replace(jnp.asarray(got, val.dtype))))
+        seen.add(key)
+    extra = sorted(set(stored) - seen)
+    if extra:
+        raise CheckpointError(f"checkpoint {directory}: params/ holds {extra[0]!r} (and {len(extra) - 1} more) that "
+                              f"config.json does not build; {_hint(extra[0], cfg)}")
+    nnx.update(model, nnx.State.from_flat_path(new))
+    return model, load_tokenizer(directory / "tokenizer.json"), meta
+
+
+def _hint(key: str, cfg) -> str:
+    if key.startswith("ctx_") or "ctx" in key.split("/")[-2:][0]:
+        field = "use_context"
+    elif key.startswith("text_encoder"):
+        field = "text_width / text_layers / vocab_size / text_len"
+    else:
+        field = "channels / channel_mult / blocks_per_level / attn_levels / K"
+    return (f"config.json and the weights disagree (look at ModelConfig.{field}, now {_fields(cfg, field)}); "
+            "the weights belong to another config: re-export with save_model from the model that made them")
+
+
+def _fields(cfg, field: str) -> str:
+    names = [f.strip() for f in field.split("/")]
+    return ", ".join(f"{n}={getattr(cfg, n)!r}" for n in names if hasattr(cfg, n))

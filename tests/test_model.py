@@ -1,0 +1,239 @@
+"""Tests of iimagen.model and iimagen.configs (paper §3.1, App. A.2.1): shapes, masks, identity at birth, gradients.
+
+Most tests use a micro config (16 px, one block per level) so that the file runs in well under a minute on 2 cores.
+"""
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from iimagen.configs import ConfigError, ModelConfig, get_config
+from iimagen.model import (ContextFeatures, InstructImagen, ModelInputError, TextFeatures, attach_context, attend,
+                           context_attention, param_count, param_table)
+
+MICRO = ModelConfig(name="micro", resolution=16, channels=16, channel_mult=(1, 2), blocks_per_level=1,
+                    attn_levels=(1,), head_dim=16, norm_groups=4, text_width=32, text_layers=1, text_len=12,
+                    ctx_text_len=8, K=3, vocab_size=64)
+
+
+def make_batch(cfg, B=2, seed=0):
+    rng = np.random.default_rng(seed)
+    R, K = cfg.resolution, cfg.K
+    ids = rng.integers(1, cfg.vocab_size, (B, cfg.text_len)).astype(np.int32)
+    ids[:, 5:] = 0
+    cid = rng.integers(1, cfg.vocab_size, (B, K, cfg.ctx_text_len)).astype(np.int32)
+    cid[..., 4:] = 0
+    return dict(x=jnp.asarray(rng.normal(size=(B, R, R, 3)), jnp.float32), t=jnp.linspace(0.1, 0.9, B),
+                text_ids=jnp.asarray(ids), ctx_image=jnp.asarray(rng.uniform(-1, 1, (B, K, R, R, 3)), jnp.float32),
+                ctx_ids=jnp.asarray(cid), ctx_mask=jnp.asarray(np.ones((B, K), bool)))
+
+
+def call(model, b, **kw):
+    b = {**b, **kw}
+    return model(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
+
+
+@pytest.fixture(scope="module")
+def micro():
+    model = InstructImagen(MICRO, nnx.Rngs(0))
+    # Give the context branch non-zero output projections, as after training, so masks are actually exercised.
+    _perturb_ctx_out(model)
+    return model
+
+
+def _perturb_ctx_out(model, seed=1):
+    key = jax.random.key(seed)
+    for _, m in nnx.iter_graph(model):
+        if not isinstance(m, nnx.Module):
+            continue
+        ctx_attn = getattr(m, "ctx_attn", None)
+        if ctx_attn is not None:
+            key, sub = jax.random.split(key)
+            ctx_attn.out.kernel.value = 0.2 * jax.random.normal(sub, ctx_attn.out.kernel.value.shape)
+
+
+def test_shapes_micro_and_tiny():
+    for cfg in (MICRO, get_config("tiny")):
+        model = InstructImagen(cfg, nnx.Rngs(0))
+        b = make_batch(cfg)
+        text = model.encode_text(b["text_ids"])
+        assert text.tokens.shape == (2, cfg.text_len, cfg.text_width) and text.pooled.shape == (2, cfg.text_width)
+        ctx = model.encode_context(b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
+        T = cfg.bottleneck_resolution ** 2
+        assert ctx.tokens.shape == (2, cfg.K * T, cfg.level_channels[-1]) and ctx.mask.shape == (2, cfg.K * T)
+        v = model.denoise(b["x"], b["t"], text, ctx)
+        assert v.shape == b["x"].shape and v.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ["small", "base"])
+def test_shapes_large_configs_abstractly(name):
+    cfg = get_config(name)
+    model = nnx.eval_shape(lambda: InstructImagen(cfg, nnx.Rngs(0)))
+    gd, st = nnx.split(model)
+    R, K, B = cfg.resolution, cfg.K, 2
+    S = jax.ShapeDtypeStruct
+    out = jax.eval_shape(lambda s, x, t, i, ci, cid, cm: nnx.merge(gd, s)(x, t, i, ci, cid, cm), st,
+                         S((B, R, R, 3), jnp.float32), S((B,), jnp.float32), S((B, cfg.text_len), jnp.int32),
+                         S((B, K, R, R, 3), jnp.float32), S((B, K, cfg.ctx_text_len), jnp.int32), S((B, K), bool))
+    assert out.shape == (B, R, R, 3) and out.dtype == jnp.float32
+    n = param_count(model)
+    assert (30e6 if name == "small" else 100e6) < n < (100e6 if name == "small" else 400e6), n
+
+
+def test_tiny_param_budget():
+    table = param_table(get_config("tiny"))
+    assert 2e6 < table["total"] < 6e6
+    assert table["total"] == sum(v for k, v in table.items() if k != "total")
+    assert 0 < table["context cross-attention"] < 0.2 * table["total"]
+
+
+def test_padded_slot_changes_nothing(micro):
+    b = make_batch(MICRO)
+    mask = jnp.array([[True, True, False], [True, False, False]])
+    v = call(micro, b, ctx_mask=mask)
+    # Anything in the padded slots (pixels and ids) must be ignored.
+    noisy = b["ctx_image"].at[0, 2].set(0.9).at[1, 1:].set(-0.7)
+    ids = b["ctx_ids"].at[0, 2].set(7).at[1, 1:].set(0)
+    v2 = call(micro, b, ctx_mask=mask, ctx_image=noisy, ctx_ids=ids)
+    np.testing.assert_array_equal(np.asarray(v), np.asarray(v2))
+    # ...while the filled slots do matter (the test would pass trivially otherwise).
+    v3 = call(micro, b, ctx_mask=mask, ctx_image=b["ctx_image"].at[0, 0].set(0.5))
+    assert float(jnp.abs(v3 - v)[0].max()) > 1e-4
+
+
+def test_no_context_row_equals_ctx_none(micro):
+    """An all-False ctx_mask row ("no context") gives exactly the output of ctx=None."""
+    b = make_batch(MICRO)
+    text = micro.encode_text(b["text_ids"])
+    ctx = micro.encode_context(b["ctx_image"], b["ctx_ids"], jnp.zeros((2, 3), bool))
+    np.testing.assert_array_equal(np.asarray(micro.denoise(b["x"], b["t"], text, ctx)),
+                                  np.asarray(micro.denoise(b["x"], b["t"], text, None)))
+
+
+def test_identity_at_birth():
+    t2i = InstructImagen(dataclasses.replace(MICRO, use_context=False), nnx.Rngs(0))
+    b = make_batch(MICRO)
+    ref = t2i(b["x"], b["t"], b["text_ids"])
+    model = attach_context(t2i, nnx.Rngs(5))
+    assert model.cfg.use_context and param_count(model) > param_count(t2i)
+    np.testing.assert_array_equal(np.asarray(call(model, b)), np.asarray(ref))
+    # Also under jit through split/merge, the way samplers and trainers call it.
+    gd, st = nnx.split(model)
+    f = jax.jit(lambda s, b: nnx.merge(gd, s)(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"],
+                                              b["ctx_mask"]))
+    gd0, st0 = nnx.split(t2i)
+    f0 = jax.jit(lambda s, b: nnx.merge(gd0, s)(b["x"], b["t"], b["text_ids"]))
+    np.testing.assert_array_equal(np.asarray(f(st, b)), np.asarray(f0(st0, b)))
+    with pytest.raises(ModelInputError, match="use_context"):
+        t2i.encode_context(b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
+
+
+def test_gradients_reach_shared_encoder_through_context(micro):
+    """A loss on the context tokens alone has non-zero gradients on the shared encoder and text encoder weights."""
+    b = make_batch(MICRO)
+    gd, st = nnx.split(micro)
+
+    def loss(s):
+        ctx = nnx.merge(gd, s).encode_context(b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
+        return jnp.sum(ctx.tokens ** 2)
+
+    g = jax.grad(loss)(st)
+    assert float(jnp.abs(g["encoder"][0]["down"]["conv"]["kernel"].value).sum()) > 0
+    assert float(jnp.abs(g["conv_in"]["kernel"].value).sum()) > 0
+    assert float(jnp.abs(g["text_encoder"]["embed"]["embedding"].value).sum()) > 0
+
+    # And the denoiser's output depends on the encoder through the context path (ctx_attn outputs are non-zero).
+    def loss_v(s):
+        m = nnx.merge(gd, s)
+        text = m.encode_text(b["text_ids"])
+        ctx = m.encode_context(b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
+        return jnp.sum(m.denoise(b["x"], b["t"], text, ctx) ** 2)
+
+    g_slot = jax.grad(loss_v)(st)["ctx_slot"].value
+    assert float(jnp.abs(g_slot).sum()) > 0
+
+
+def test_bf16_forward_finite_and_close():
+    cfg16 = dataclasses.replace(MICRO, dtype="bfloat16")
+    m32, m16 = InstructImagen(MICRO, nnx.Rngs(0)), InstructImagen(cfg16, nnx.Rngs(0))
+    b = make_batch(MICRO)
+    v32, v16 = call(m32, b), call(m16, b)
+    assert v16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(v16)))
+    assert float(jnp.abs(v16 - v32).mean()) < 0.05 * float(jnp.abs(v32).mean()) + 1e-3
+
+
+def test_deterministic(micro):
+    b = make_batch(MICRO)
+    np.testing.assert_array_equal(np.asarray(call(micro, b)), np.asarray(call(micro, b)))
+    other = InstructImagen(MICRO, nnx.Rngs(0))
+    _perturb_ctx_out(other)
+    np.testing.assert_array_equal(np.asarray(call(micro, b)), np.asarray(call(other, b)))
+
+
+def test_attend_all_masked_is_zero_and_paths_agree():
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(2, 5, 2, 8), (2, 7, 2, 8), (2, 7, 2, 8)])
+    mask = jnp.array([[False] * 7, [True, True, False, True, False, False, False]])
+    out = attend(q, k, v, mask)
+    assert float(jnp.abs(out[0]).max()) == 0.0 and float(jnp.abs(out[1]).max()) > 0
+    out_w, w = attend(q, k, v, mask, return_weights=True)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(out_w), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(w[1].sum(-1)), 1.0, atol=1e-6)
+    assert float(jnp.abs(w[1][..., 2]).max()) == 0.0
+    # Reference: plain softmax attention over the unmasked keys of row 1.
+    keep = np.asarray(mask[1])
+    logits = np.einsum("qhd,shd->hqs", q[1], k[1][keep]) / np.sqrt(8)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(out[1]), np.einsum("hqs,shd->qhd", p, v[1][keep]), atol=1e-5)
+
+
+def test_dropped_text_is_valid_condition(micro):
+    b = make_batch(MICRO)
+    text = micro.encode_text(jnp.zeros_like(b["text_ids"]))
+    assert not bool(text.mask.any()) and float(jnp.abs(text.pooled).max()) == 0.0
+    assert bool(jnp.all(jnp.isfinite(micro.denoise(b["x"], b["t"], text, None))))
+
+
+def test_context_attention_weights(micro):
+    b = make_batch(MICRO)
+    mask = jnp.array([[True, False, True], [False, False, False]])
+    text = micro.encode_text(b["text_ids"])
+    ctx = micro.encode_context(b["ctx_image"], b["ctx_ids"], mask)
+    maps = context_attention(micro, b["x"], b["t"], text, ctx)
+    T = MICRO.bottleneck_resolution ** 2
+    assert [n for n, _ in maps] == ["DBlock-2.1", "middle", "UBlock-2.1"]
+    w = maps[0][1]
+    assert w.shape == (2, MICRO.level_channels[-1] // MICRO.head_dim, T, 3 * T)
+    np.testing.assert_allclose(np.asarray(w[0].sum(-1)), 1.0, atol=1e-5)
+    assert float(w[0][..., T:2 * T].max()) == 0.0 and float(jnp.abs(w[1]).max()) == 0.0
+
+
+def test_config_json_round_trip_and_errors():
+    for name in ("tiny", "small", "base"):
+        cfg = get_config(name)
+        d = json.loads(json.dumps(dataclasses.asdict(cfg)))
+        assert ModelConfig(**d) == cfg and ModelConfig.from_json(cfg.to_json()) == cfg
+    assert get_config("tiny", dtype="bfloat16").dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="dtype"):
+        get_config("tiny", dtype="float16")
+    with pytest.raises(ConfigError, match="unknown config"):
+        get_config("huge")
+    with pytest.raises(ConfigError, match="attn_levels"):
+        get_config("tiny", attn_levels=(0,))
+    with pytest.raises(ValueError, match="no field"):
+        get_config("tiny", widht=3)
+
+
+def test_bad_inputs_raise_clear_errors(micro):
+    b = make_batch(MICRO)
+    with pytest.raises(ModelInputError, match="x_t"):
+        micro(b["x"][:, :8], b["t"], b["text_ids"])
+    with pytest.raises(ModelInputError, match="ctx_image"):
+        micro.encode_context(b["ctx_image"][:, :2], b["ctx_ids"], b["ctx_mask"])
+    with pytest.raises(ModelInputError, match="all of"):
+        micro(b["x"], b["t"], b["text_ids"], ctx_image=b["ctx_image"])
