@@ -299,7 +299,8 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
 
     # ==== Data: deterministic in (seed, step), this host's shard ====
     loader = Loader(stage=tc.stage, batch_size=tc.batch_size // n_proc, resolution=cfg.resolution, seed=tc.seed,
-                    K=cfg.K, start_step=start, variant=tc.variant)
+                    K=cfg.K, start_step=start,
+                    variant=None if tc.variant == "instruct" else tc.variant)
 
     # ==== Loop ====
     log = open(workdir / "metrics.jsonl", "a")

@@ -1,0 +1,207 @@
+"""`Generator`: an exported checkpoint + multi-modal instructions -> images (paper §3, App. A.2.2).
+
+    gen = Generator.load("data/checkpoints/tiny")                # or Generator(model, tokenizer, meta)
+    images = gen.generate([instruction], sampler="dpm")          # list of uint8 [R, R, 3]
+
+Instructions are batched `batch_size` at a time; the last batch is padded to the same static shape, so a run
+compiles once per (sampler, steps, guidance structure). Every image has its own random key (seed, index), so an
+image does not depend on the batch size or on its neighbours. Also `cli_sample`, the `iimagen sample` command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from . import diffusion
+from .diffusion import Guidance
+
+
+class GeneratorError(ValueError):
+    """Bad input to the Generator (instruction, checkpoint, sampler options); the message names the fix."""
+
+
+def to_uint8(x) -> np.ndarray:
+    """[-1, 1] float -> uint8 [0, 255]."""
+    return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+class Generator:
+    """Sample images from an `InstructImagen` for `Instruction`s (see `generate`)."""
+
+    def __init__(self, model, tokenizer, meta: dict | None = None):
+        if not hasattr(model, "denoise") or not hasattr(model, "cfg"):
+            raise GeneratorError(f"Generator: model is a {type(model).__name__}, not an InstructImagen; load one with "
+                                 "Generator.load(checkpoint_dir)")
+        if not hasattr(tokenizer, "encode"):
+            raise GeneratorError("Generator: tokenizer has no encode(); use iimagen.load_tokenizer()")
+        self.model, self.tokenizer, self.meta = model, tokenizer, dict(meta or {})
+        self.cfg = model.cfg
+
+    @classmethod
+    def load(cls, checkpoint_dir) -> "Generator":
+        """A Generator from an exported-model folder (`iimagen.checkpoint.save_model`)."""
+        from .checkpoint import load_model
+
+        return cls(*load_model(checkpoint_dir))
+
+    def __repr__(self):
+        c = self.cfg
+        return f"Generator({c.name}: {c.resolution} px, K={c.K} context slots, meta={self.meta})"
+
+    def _check(self, instructions) -> list:
+        from .instruction import Instruction
+
+        if isinstance(instructions, Instruction):
+            instructions = [instructions]
+        if not isinstance(instructions, (list, tuple)) or not instructions:
+            raise GeneratorError("generate: give an Instruction or a non-empty list of them")
+        how = ("build one with iimagen.Instruction(text, [Context(image, text, kind=...)]) or load a saved one with "
+               "Instruction.load(folder)")
+        for i, ins in enumerate(instructions):
+            if not isinstance(ins, Instruction):
+                raise GeneratorError(f"generate: instructions[{i}] is a {type(ins).__name__}, not an Instruction; {how}")
+            if len(ins.contexts) > self.cfg.K:
+                raise GeneratorError(
+                    f"generate: instructions[{i}] has {len(ins.contexts)} contexts but this model has "
+                    f"K={self.cfg.K} context slots; drop contexts or use a model trained with K >= {len(ins.contexts)}")
+            if ins.contexts and not self.cfg.use_context:
+                raise GeneratorError(f"generate: instructions[{i}] has contexts but this is a text-to-image model "
+                                     "(cfg.use_context=False); use a stage-1/2 checkpoint or remove the contexts")
+        return list(instructions)
+
+    def generate(self, instructions, sampler: str = "ddpm", steps: int | None = None,
+                 guidance: Guidance | None = None, seed: int = 0, batch_size: int = 8, num_images: int = 1,
+                 return_intermediates: bool = False, intermediates_every: int | None = None, progress: bool = True,
+                 clip: str = "dynamic", eta: float = 0.0):
+        """Images for `instructions` (one `Instruction` or a list).
+
+        sampler: "ddpm" (256 steps, the paper's), "ddim" (50) or "dpm" (DPM-Solver++, 20); `steps` overrides.
+        guidance: `Guidance()` (default: the paper's oscillating w = 25), `Guidance.cfg(w)`, `Guidance.separate(...)`.
+        Returns a list of uint8 [R, R, 3] (a list of `num_images` lists when num_images > 1); with
+        `return_intermediates`, also the x_0 predictions every `intermediates_every` steps (default steps // 8) per
+        image, uint8 [n, R, R, 3], in the same nesting.
+        """
+        from tqdm.auto import tqdm
+
+        from .instruction import batch_instructions
+
+        instructions = self._check(instructions)
+        for name, v in (("batch_size", batch_size), ("num_images", num_images), ("seed", seed)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
+                raise GeneratorError(f"generate: {name}={v!r} must be an integer >= {0 if name == 'seed' else 1}")
+        if sampler not in diffusion.SAMPLERS:
+            raise GeneratorError(f"generate: sampler={sampler!r}; use one of {', '.join(diffusion.SAMPLERS)}")
+        steps = diffusion.SAMPLERS[sampler] if steps is None else steps
+        every = 0
+        if return_intermediates:
+            every = intermediates_every or max(1, int(steps) // 8)
+        items = [(i, j) for i in range(len(instructions)) for j in range(num_images)]
+        bs = min(batch_size, len(items))
+        root = jax.random.PRNGKey(seed)
+        images, inters = [None] * len(items), [None] * len(items)
+        cfg = self.cfg
+        for start in tqdm(range(0, len(items), bs), desc=f"{sampler} x{steps}", disable=not progress,
+                          unit="batch"):
+            chunk = items[start:start + bs]
+            idx = list(range(start, start + len(chunk))) + [start + len(chunk) - 1] * (bs - len(chunk))  # pad
+            batch = batch_instructions([instructions[items[k][0]] for k in idx], self.tokenizer, cfg.resolution,
+                                       cfg.K, cfg.text_len, cfg.ctx_text_len)
+            keys = jax.vmap(lambda k: jax.random.fold_in(root, k))(np.asarray(idx, np.uint32))
+            try:
+                out = diffusion.sample(self.model, batch, keys, sampler=sampler, steps=steps, guidance=guidance,
+                                       eta=eta, clip=clip, intermediates_every=every)
+            except diffusion.DiffusionError as e:
+                raise GeneratorError(f"generate: {e}") from None
+            x, inter = out if every else (out, None)
+            x = to_uint8(x)
+            for b in range(len(chunk)):
+                images[start + b] = x[b]
+                if every:
+                    inters[start + b] = to_uint8(inter[:, b])
+        if num_images > 1:
+            images = [images[i * num_images:(i + 1) * num_images] for i in range(len(instructions))]
+            inters = [inters[i * num_images:(i + 1) * num_images] for i in range(len(instructions))]
+        return (images, inters) if return_intermediates else images
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# `iimagen sample`
+# ---------------------------------------------------------------------------------------------------------------------
+def _parse_guidance(text: str, context: float | None, oscillate: bool | None) -> Guidance:
+    if text == "paper":
+        if context is not None:
+            return Guidance.separate(25.0, context, oscillate=True if oscillate is None else oscillate)
+        return Guidance() if oscillate in (None, True) else Guidance.cfg(25.0)
+    if text == "none":
+        return Guidance.none()
+    try:
+        w = float(text)
+    except ValueError:
+        raise GeneratorError(f"--guidance {text!r}: give 'paper' (w=25, oscillating), 'none' or a number") from None
+    if context is not None:
+        return Guidance.separate(w, context, oscillate=bool(oscillate))
+    return Guidance.cfg(w, oscillate=bool(oscillate))
+
+
+def find_instructions(path) -> list[tuple[str, Path]]:
+    """(name, path) of the instructions at `path`: an instruction.json, a folder holding one, or a folder of such
+    folders / JSON files."""
+    path = Path(path)
+    if path.is_file() or (path / "instruction.json").is_file():
+        return [(path.stem if path.is_file() and path.name != "instruction.json" else
+                 (path.parent.name if path.is_file() else path.name), path)]
+    if path.is_dir():
+        found = sorted([(p.name, p) for p in path.iterdir() if (p / "instruction.json").is_file()]
+                       + [(p.stem, p) for p in path.glob("*.json")])
+        if found:
+            return found
+    raise GeneratorError(f"--instruction {path}: no instruction found; give an instruction.json, a folder written by "
+                         "Instruction.save, or a folder of those")
+
+
+def cli_sample(argv=None) -> int:
+    """`iimagen sample --checkpoint DIR --instruction FOLDER_OR_JSON --out DIR [--sampler --steps --guidance --seed
+    --num]`: writes OUT/<name>_<j>.png per instruction and image."""
+    from PIL import Image
+
+    from .instruction import Instruction, InstructionError
+
+    p = argparse.ArgumentParser(prog="iimagen sample", description=cli_sample.__doc__.split(":")[0])
+    p.add_argument("--checkpoint", required=True, help="exported model folder (config.json, params/, ...)")
+    p.add_argument("--instruction", required=True, help="instruction.json, its folder, or a folder of them")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.add_argument("--sampler", default="ddpm", choices=sorted(diffusion.SAMPLERS))
+    p.add_argument("--steps", type=int, default=None, help="default: 256 ddpm, 50 ddim, 20 dpm")
+    p.add_argument("--guidance", default="paper", help="'paper' (w=25, oscillating), 'none', or a scale w")
+    p.add_argument("--context-guidance", type=float, default=None, help="separate context scale (3 branches)")
+    p.add_argument("--oscillate", action=argparse.BooleanOptionalAction, default=None,
+                   help="guidance on every other step (default: on for 'paper', off for a number)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num", type=int, default=1, help="images per instruction")
+    p.add_argument("--batch-size", type=int, default=8)
+    a = p.parse_args(argv)
+    try:
+        guidance = _parse_guidance(a.guidance, a.context_guidance, a.oscillate)
+        named = find_instructions(a.instruction)
+        instructions = [Instruction.load(path) for _, path in named]
+        gen = Generator.load(a.checkpoint)
+        images = gen.generate(instructions, sampler=a.sampler, steps=a.steps, guidance=guidance, seed=a.seed,
+                              batch_size=a.batch_size, num_images=a.num)
+    except (ValueError, InstructionError) as e:  # CheckpointError, GeneratorError, InstructionError: all ValueErrors
+        print(f"iimagen sample: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for (name, _), imgs in zip(named, images):
+        for j, img in enumerate(imgs if a.num > 1 else [imgs]):
+            f = out / f"{name}_{j}.png"
+            Image.fromarray(img).save(f)
+            written.append(str(f))
+    print(json.dumps({"written": len(written), "out": str(out), "sampler": a.sampler, "seed": a.seed}))
+    return 0
