@@ -5,6 +5,9 @@ COLAB_VENV := .venv-colab
 # The oldest versions the kit supports: Colab TPU's runtime (see README, "Versions").
 COLAB_PINS := jax==0.7.2 jaxlib==0.7.2 flax==0.11.2 orbax-checkpoint==0.12.4 ipywidgets==7.7.1 "transformers>=5,<6"
 export IIMAGEN_QUIET := 1
+# XLA's persistent compilation cache: repeated programs (notebooks, subprocess tests) compile once per run.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
 
 .PHONY: demo test unit unit-colab notebooks bench clean
 

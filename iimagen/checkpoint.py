@@ -30,13 +30,28 @@ class CheckpointError(ValueError):
     """A missing, incomplete or mismatched exported model; the message names the field and the fix."""
 
 
+def _val(v):
+    """The array inside an nnx Variable (flax 0.11: `.value`; newer: `get_value()`, `.value` deprecated)."""
+    if hasattr(v, "get_value"):
+        return v.get_value()
+    return v.value if hasattr(v, "value") else v
+
+
 def _flat_params(model) -> dict[str, jax.Array]:
     """{"a/b/0/kernel": array} of the model's nnx.Param leaves (the same names under flax 0.11 and 0.12)."""
     from flax import nnx
 
     state = nnx.state(model, nnx.Param)
     flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
-    return {"/".join(map(str, p)): (v.value if hasattr(v, "value") else v) for p, v in flat}
+    return {"/".join(map(str, p)): _val(v) for p, v in flat}
+
+
+def _flat_all(model):
+    from flax import nnx
+
+    state = nnx.state(model)
+    flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
+    return [(p, _val(v)) for p, v in flat]
 
 
 def _nest(flat: dict) -> dict:
@@ -139,13 +154,13 @@ def load_model(directory):
     import orbax.checkpoint as ocp
     from flax import nnx
 
-    from .model import InstructImagen
     from .tokenizer import load_tokenizer
 
     directory = Path(directory).absolute()
     cfg, meta, _ = read_config(directory)
     stored = _unnest(ocp.StandardCheckpointer().restore(directory / "params"))
-    model = InstructImagen(cfg, rngs=nnx.Rngs(0))
+    # Built abstractly (no random init: that costs seconds of compilation), then every parameter is filled in.
+    model = abstract_model(cfg)
     state = nnx.state(model, nnx.Param)
     flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
     new, seen = [], set()
@@ -154,18 +169,22 @@ def load_model(directory):
         if key not in stored:
             raise CheckpointError(f"checkpoint {directory}: config.json builds parameter {key!r}, which params/ "
                                   f"lacks; {_hint(key, cfg)}")
-        val = (var.value if hasattr(var, "value") else var)
+        val = _val(var)
         got = np.asarray(stored[key])
         if got.shape != val.shape:
             raise CheckpointError(f"checkpoint {directory}: parameter {key!r} has shape {got.shape} in params/ but "
                                   f"{tuple(val.shape)} from config.json; {_hint(key, cfg)}")
-        new.append((path, var.replace(jnp.asarray(got, val.dtype))))
+        new.append((path, var.replace(jnp.asarray(got, val.dtype))))  # bf16 storage -> float32
         seen.add(key)
     extra = sorted(set(stored) - seen)
     if extra:
         raise CheckpointError(f"checkpoint {directory}: params/ holds {extra[0]!r} (and {len(extra) - 1} more) that "
                               f"config.json does not build; {_hint(extra[0], cfg)}")
     nnx.update(model, nnx.State.from_flat_path(new))
+    leftover = [p for p, v in _flat_all(model) if isinstance(v, jax.ShapeDtypeStruct)]
+    if leftover:  # a non-parameter variable the export does not store (none in this version of the model)
+        raise CheckpointError(f"checkpoint {directory}: the model has state {leftover[0]} that params/ does not "
+                              "store; this iimagen version cannot load it, re-export with it")
     return model, load_tokenizer(directory / "tokenizer.json"), meta
 
 
@@ -183,3 +202,26 @@ def _hint(key: str, cfg) -> str:
 def _fields(cfg, field: str) -> str:
     names = [f.strip() for f in field.split("/")]
     return ", ".join(f"{n}={getattr(cfg, n)!r}" for n in names if hasattr(cfg, n))
+
+
+def abstract_model(cfg):
+    """An `InstructImagen` of `cfg` with shapes but no values (nothing is initialised or compiled)."""
+    from flax import nnx
+
+    from .model import InstructImagen
+
+    return nnx.eval_shape(lambda: InstructImagen(cfg, rngs=nnx.Rngs(0)))
+
+
+def random_model(cfg, seed: int = 0, scale: float = 0.05):
+    """An `InstructImagen` whose every weight is N(0, scale^2), drawn with numpy: for speed tests, notebooks and unit
+    tests that need *a* model in a second (the real initialiser compiles for tens of seconds on a small CPU)."""
+    from flax import nnx
+
+    m = abstract_model(cfg)
+    r = np.random.default_rng(seed)
+    state = nnx.state(m, nnx.Param)
+    flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
+    nnx.update(m, nnx.State.from_flat_path(
+        [(p, v.replace(jnp.asarray(scale * r.standard_normal(_val(v).shape), jnp.float32))) for p, v in flat]))
+    return m

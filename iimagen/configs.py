@@ -125,26 +125,24 @@ class ModelConfig:
 def tiny() -> ModelConfig:
     """32 px, trains on a laptop CPU and in CI.
 
-    Layout: 32 -> 16 (64 ch) -> 8 (128 ch), 2 blocks per level, attention at 8x8 (64 tokens per context image);
-    text encoder 128 wide, 2 layers.
-    Parameters: 2.80 M with the context branch (2.58 M without); context cross-attention + embeddings: 0.22 M.
-    FLOPs per image (forward, XLA): 0.18 GFLOP denoise (0.17 without context attention), 0.70 GFLOP for `__call__`
-    with 3 context images (each context image costs one encoder pass).
-    Memory: ~45 MB of parameters + Adam + EMA; a training step at batch 64 fits in well under 2 GB.
-    Forward+backward at batch 8 with 3 contexts: ~0.1-0.2 s on a 2-core CPU after compile.
+    Layout: 32 -> 16 (32 ch) -> 8 (64 ch), 2 blocks per level, attention at 8x8 (64 tokens per context image);
+    text encoder 128 wide, 3 layers.
+    Parameters: 1.92 M (text encoder 0.86 M, context branch 0.08 M = 4.4 %).
+    FLOPs per image (forward, XLA cost analysis): 0.210 GFLOP per denoise step with context, 0.172 without.
+    Memory: ~31 MB for parameters + Adam + EMA (fp32).
+    Forward+backward at batch 8 with 3 contexts: ~0.5 s on the 2-core CPU after compile (measured under load).
     """
-    return ModelConfig(name="tiny", resolution=32, channels=64, channel_mult=(1, 2), blocks_per_level=2,
-                       attn_levels=(1,), head_dim=32, norm_groups=16, text_width=128, text_layers=2)
+    return ModelConfig(name="tiny", resolution=32, channels=32, channel_mult=(1, 2), blocks_per_level=2,
+                       attn_levels=(1,), head_dim=32, norm_groups=8, text_width=128, text_layers=3)
 
 
 def small() -> ModelConfig:
-    """64 px, trains on one Colab TPU v5e-1 chip (16 GB) at batch >= 64 in bfloat16.
+    """64 px, meant for one Colab TPU v5e-1 chip (16 GB) at batch >= 64 in bfloat16 (not yet measured on a TPU).
 
     Layout: 64 -> 32 (128 ch) -> 16 (256 ch) -> 8 (384 ch), 3 blocks per level, attention at 16x16 and 8x8
     (context tokens: 8x8 = 64 per image); text encoder 256 wide, 4 layers.
-    Parameters: ~55 M (see `print_param_table`); context branch ~6 M.
-    FLOPs per image (forward, XLA): ~3 GFLOP denoise; `__call__` with 3 contexts ~4x that.
-    Memory: ~0.9 GB for parameters + Adam + EMA (fp32); activations at batch 64 in bf16 a few GB.
+    Parameters: 63.8 M (context branch 6.1 M = 9.6 %). FLOPs: run `print_param_table("small")`.
+    Memory: ~1.0 GB for parameters + Adam + EMA (fp32), plus activations.
     """
     return ModelConfig(name="small", resolution=64, channels=128, channel_mult=(1, 2, 3), blocks_per_level=3,
                        attn_levels=(1, 2), head_dim=64, norm_groups=32, text_width=256, text_layers=4,
@@ -156,8 +154,9 @@ def base() -> ModelConfig:
 
     Layout: 128 -> 64 (128 ch) -> 32 (256 ch) -> 16 (512 ch), 8 blocks per level (DBlock-1..3 / UBlock-3..1),
     text and context attention only at 16x16 (256 tokens per context image); text encoder 512 wide, 6 layers.
-    Parameters: ~200 M (see `print_param_table`); context branch ~10 % as in the paper (2.51 B -> 2.76 B).
-    Memory: ~3.3 GB for parameters + Adam + EMA (fp32); needs an accelerator with >= 32 GB for batch 64 in bf16.
+    Parameters: 226.8 M (context branch 17.9 M = 7.9 %; the paper: 2.51 B -> 2.76 B, ~10 %).
+    FLOPs: run `print_param_table("base")` (compiles on the host; slow on a CPU).
+    Memory: ~3.6 GB for parameters + Adam + EMA (fp32), plus activations: an accelerator with more than 16 GB.
     """
     return ModelConfig(name="base", resolution=128, channels=128, channel_mult=(1, 2, 4), blocks_per_level=8,
                        attn_levels=(2,), head_dim=64, norm_groups=32, text_width=512, text_layers=6,
@@ -181,7 +180,7 @@ def get_config(name: str = "tiny", **overrides) -> ModelConfig:
 
 def print_param_table(cfg: ModelConfig | str, flops: bool = True) -> dict:
     """Print (and return) parameters per component and forward FLOPs per image for `cfg` (built abstractly)."""
-    from iimagen.model import flops_breakdown, param_table
+    from iimagen.model import flops_per_image, param_table
 
     cfg = get_config(cfg) if isinstance(cfg, str) else cfg
     table = param_table(cfg)
@@ -190,9 +189,11 @@ def print_param_table(cfg: ModelConfig | str, flops: bool = True) -> dict:
     for k, v in table.items():
         print(f"  {k:<26s} {v / 1e6:9.3f} M")
     out = {"params": table}
-    if flops:
-        fl = flops_breakdown(cfg)
+    if flops:  # XLA cost analysis of the compiled forward (compiles on the host: slow for `base` on a CPU)
+        fl = {"denoise (with context)": flops_per_image(cfg, with_context=True, what="denoise"),
+              "denoise (text-to-image)": flops_per_image(cfg, with_context=False, what="denoise"),
+              "call (with K contexts)": flops_per_image(cfg, with_context=True)}
         for k, v in fl.items():
-            print(f"  FLOPs/image {k:<14s} {v / 1e9:9.3f} G")
+            print(f"  FLOPs/image {k:<24s} {v / 1e9:9.3f} G")
         out["flops"] = fl
     return out

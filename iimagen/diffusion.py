@@ -296,7 +296,8 @@ def dpm_solver(steps: int):
     sched = FlaxDPMSolverMultistepScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2",
                                             prediction_type="v_prediction", algorithm_type="dpmsolver++",
                                             solver_order=2, thresholding=False)
-    return sched, sched.create_state()
+    with jax.ensure_compile_time_eval():  # concrete arrays even when first called under jit (this is cached)
+        return sched, sched.create_state()
 
 
 def _split_keys(rng, batch_size):

@@ -238,9 +238,10 @@ class _Renders:
         return self.cache[key][1]
 
 
-def realize(spec: Spec, resolution: int, images: dict | None = None) -> Example:
+def realize(spec: Spec, resolution: int, images: dict | None = None, with_truth: bool = True) -> Example:
     """Render a spec at `resolution` into an Example (Instruction + target + truth). `images` may map id(scene) ->
-    uint8 image for scenes already rendered (the retrieval pool's cache)."""
+    uint8 image for scenes already rendered (the retrieval pool's cache). `with_truth=False` (the training loader)
+    skips the per-object ground truth: `truth` then holds only task, caption, style and drop."""
     from .instruction import Context, Instruction
 
     R = W.check_resolution(resolution)
@@ -253,7 +254,6 @@ def realize(spec: Spec, resolution: int, images: dict | None = None) -> Example:
             return images[id(scene)]
         return W.to_uint8(W.stylize(rend(scene).image, style))
 
-    target_render = rend(spec.scene)
     target = pixels(spec.scene, spec.style)
     ctxs = []
     for r in spec.refs:
@@ -265,7 +265,10 @@ def realize(spec: Spec, resolution: int, images: dict | None = None) -> Example:
     if spec.drop is not None:
         ctxs = []
     instruction = Instruction(spec.text, tuple(ctxs))
-    truth = W.truth(target_render, spec.style, spec.caption)
+    if not with_truth:
+        return Example(spec.task, instruction, target, {"task": spec.task, "caption": spec.caption,
+                                                        "style": spec.style, "drop": spec.drop}, spec.drop)
+    truth = W.truth(rend(spec.scene), spec.style, spec.caption)
     truth.update(task=spec.task, refs=[{"kind": r.kind, "text": r.text, "style": r.style,
                                         "subjects": r.scene.subjects} for r in spec.refs], drop=spec.drop, **spec.meta)
     return Example(spec.task, instruction, target, truth, spec.drop)
@@ -360,14 +363,16 @@ class RetrievalPool:
         spec = Spec("retrieval", sc, st, refs, cap, cap, int(rng.integers(2 ** 31)), drop, {"pool_items": [t] + ctx})
         return spec, [t] + ctx
 
-    def example(self, c: int, rng: np.random.Generator, resolution: int) -> Example:
+    def example(self, c: int, rng: np.random.Generator, resolution: int, with_truth: bool = True) -> Example:
         spec, idx = self.spec(c, rng)
         images = {id(self.items[i][0]): self.image(i, resolution) for i in idx}
         # the pool's images carry their own style: realize() must not restyle them
         spec = Spec(spec.task, spec.scene, None, tuple(Ref(r.kind, r.scene, None, r.text) for r in spec.refs),
                     spec.text, spec.caption, spec.seed, spec.drop, spec.meta)
-        ex = realize(spec, resolution, images)
+        ex = realize(spec, resolution, images, with_truth)
         ex.truth["style"] = self.items[idx[0]][1]
+        if not with_truth:
+            return ex
         ex.truth["refs"] = [dict(r, style=self.items[i][1]) for r, i in zip(ex.truth["refs"], idx[1:])]
         return ex
 

@@ -115,7 +115,7 @@ def build_model(tc: TrainConfig) -> InstructImagen:
         overrides.update(parse_overrides(tc.override))
         if tc.init:
             raise TrainError("stage 0 starts from scratch; drop --init (or use --stage 1/2 to fine-tune)")
-        return InstructImagen(get_config(tc.config, use_context=False, **overrides), rngs=nnx.Rngs(tc.seed))
+        return create_model(get_config(tc.config, use_context=False, **overrides), tc.seed)
     if not tc.init:
         raise TrainError(f"stage {tc.stage} starts from an earlier stage: pass --init WORKDIR_OR_CHECKPOINT "
                          f"(stage 1 from a stage-0 run, stage 2 from a stage-1 run)")
@@ -128,6 +128,11 @@ def build_model(tc: TrainConfig) -> InstructImagen:
     if overrides:
         model.cfg = dataclasses.replace(model.cfg, **overrides)  # compute dtype only; weights unchanged
     return model
+
+
+def create_model(cfg: ModelConfig, seed: int) -> InstructImagen:
+    """A freshly initialised model, its initialisers compiled as one XLA program (eager init compiles each one)."""
+    return nnx.jit(lambda: InstructImagen(cfg, rngs=nnx.Rngs(seed)))()
 
 
 def parse_overrides(text: str) -> dict:
@@ -196,6 +201,8 @@ def make_train_step(graphdef, tx, tc: TrainConfig, n_tasks: int):
 
     def loss_fn(params, batch, rng):
         model = nnx.merge(graphdef, params)
+        if not model.cfg.use_context:  # stage 0: the text-to-image backbone has no context branch
+            batch = {k: batch[k] for k in ("image", "text_ids")}
         return diffusion.diffusion_loss(model, batch, rng)  # v-prediction, L2 (paper App. A.2.2)
 
     def train_step(state, batch):

@@ -1,11 +1,15 @@
-"""The loader: contract shapes, determinism, resume, host shards, variants."""
+"""The loader: contract shapes, determinism, resume, host shards, variants, worker processes and their shutdown."""
+import gc
+import os
+import time
+
 import numpy as np
 import pytest
 
 from iimagen import tasks as T
 from iimagen.data import DataError, Loader
 
-KW = dict(process_index=0, process_count=1)
+KW = dict(process_index=0, process_count=1, workers=0)
 
 
 def _eq(a, b):
@@ -61,7 +65,82 @@ def test_variants():
     for bad in ("single_task=multi_subject", "nope"):
         with pytest.raises(DataError, match="single_task"):
             Loader(2, 4, 32, variant=bad, **KW)
+    with pytest.raises(DataError, match="workers"):
+        Loader(2, 4, 32, process_index=0, process_count=1, workers=-1)
     with pytest.raises(DataError, match="stage"):
         Loader(3, 4, 32, **KW)
     with pytest.raises(ValueError, match="32, 64, 128"):
         Loader(2, 4, 40, **KW)
+
+
+def test_batch_matches_batch_instructions():
+    from iimagen.instruction import batch_instructions
+
+    L = Loader(2, 16, 32, seed=2, **KW)
+    b = L.batch(1)
+    exs = [L.example(1, j) for j in range(16)]
+    ref = batch_instructions([e.instruction for e in exs], L.tok, 32, 3)
+    for k in ("ctx_image", "ctx_ids", "ctx_mask"):
+        assert np.array_equal(b[k], ref[k]) and b[k].dtype == ref[k].dtype, k
+    kept = np.asarray([e.drop != "all" for e in exs])
+    assert np.array_equal(b["text_ids"][kept], ref["text_ids"][kept])
+    assert np.array_equal(b["image"], np.stack([e.target for e in exs]).astype(np.float32) / 127.5 - 1)
+
+
+def _gone(pids, timeout=10.0):
+    """True once no process with these pids exists (reaped: a zombie would still answer kill(pid, 0))."""
+    t = time.time()
+    while time.time() - t < timeout:
+        alive = []
+        for p in pids:
+            try:
+                os.kill(p, 0)
+                alive.append(p)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_workers_give_the_same_batches_in_order_and_stop_cleanly():
+    L0 = Loader(1, 8, 32, seed=2, pool_size=256, **KW)
+    kw = dict(KW, workers=2)
+    L2 = Loader(1, 8, 32, seed=2, pool=L0.pool, start_step=3, steps=5, **kw)
+    got = list(L2)  # runs to the end: the workers exit and are reaped
+    assert [s for s, _ in got] == [3, 4, 5, 6, 7]
+    for s, b in got:
+        assert _eq(b, L0.batch(s)), s
+    assert _gone(L2.pids)
+    # close(): the trainer breaks out of `for step, batch in loader` and calls loader.close()
+    L = Loader(2, 4, 32, seed=1, **kw)
+    for step, b in L:
+        assert _eq(b, Loader(2, 4, 32, seed=1, **KW).batch(step))
+        break
+    pids = L.pids
+    assert len(pids) == 2 and not _gone(pids, timeout=0)
+    L.close()
+    assert _gone(pids)
+    # garbage collection of a half-read iterator
+    L = Loader(2, 4, 32, seed=1, **dict(KW, workers=1))
+    it = iter(L)
+    next(it)
+    pids = L.pids
+    del it
+    gc.collect()
+    assert _gone(pids)
+    # an exception (Ctrl-C) in the loop body
+    with pytest.raises(KeyboardInterrupt):
+        for _ in L:
+            pids = L.pids
+            raise KeyboardInterrupt
+    assert _gone(pids)
+
+
+def test_worker_errors_surface_in_the_parent():
+    L = Loader(2, 4, 32, seed=0, K=1, process_index=0, process_count=1, workers=1)  # K=1 < contexts of some tasks
+    with pytest.raises(DataError, match="K="):
+        for _ in L:
+            pass
+    assert _gone(L.pids)

@@ -211,13 +211,11 @@ class InstructImagen(nnx.Module):
                 return_attention: bool = False, probe: dict | None = None):
         """v-prediction for x_t [B, R, R, 3] at times t [B], given encoded text and (optionally) encoded context.
 
-        `return_attention=True` also returns the context cross-attention weights: a list of (block name,
-        [B, heads, h*w, K*T]) in call order (DBlocks, middle, UBlocks).
+        `return_attention=True` also returns the context cross-attention weights: a dict {block name:
+        [B, heads, h*w, K*T]} (jit returns dicts with sorted keys).
         """
         cfg = self.cfg
-        R = cfg.resolution
-        if x_t.ndim != 4 or x_t.shape[1:] != (R, R, 3):
-            raise ModelInputError(f"x_t has shape {x_t.shape}; expected [B, {R}, {R}, 3] (cfg.resolution={R})")
+        self._check_x(x_t)
         if ctx is not None and not cfg.use_context:
             raise ModelInputError("ctx given to a text-to-image model (cfg.use_context=False); pass ctx=None or "
                                   "use attach_context(model, rngs)")
@@ -228,10 +226,16 @@ class InstructImagen(nnx.Module):
         h, skips = self._encode(x_t, emb, text, ctx, probe)
         h = self.middle(h, emb, text, ctx, "middle", probe)
         v = self._decode(h, skips, emb, text, ctx, probe)
-        return (v, probe["ctx_attn"]) if return_attention else v
+        return (v, dict(probe["ctx_attn"])) if return_attention else v
+
+    def _check_x(self, x_t):
+        R = self.cfg.resolution
+        if jnp.ndim(x_t) != 4 or jnp.shape(x_t)[1:] != (R, R, 3):
+            raise ModelInputError(f"x_t has shape {jnp.shape(x_t)}; expected [B, {R}, {R}, 3] (cfg.resolution={R})")
 
     def __call__(self, x_t, t, text_ids, ctx_image=None, ctx_ids=None, ctx_mask=None):
         """Encode text (and context, when given) and denoise: the training forward pass."""
+        self._check_x(x_t)
         given = [a is not None for a in (ctx_image, ctx_ids, ctx_mask)]
         if any(given) and not all(given):
             raise ModelInputError("give all of ctx_image, ctx_ids, ctx_mask, or none of them")
@@ -358,21 +362,33 @@ def flops_per_image(cfg: ModelConfig, with_context: bool = True, what: str = "ca
 
 
 def trace_shapes(model: InstructImagen, batch: dict, t=None) -> list:
-    """Run one forward pass eagerly and return [(block name, output shape)] for every Block, in call order,
-    starting with the text and context features."""
-    text = model.encode_text(batch["text_ids"])
-    rows = [("text tokens", tuple(text.tokens.shape))]
-    ctx = None
-    if model.cfg.use_context and "ctx_image" in batch:
-        ctx = model.encode_context(batch["ctx_image"], batch["ctx_ids"], batch["ctx_mask"])
-        rows.append(("context tokens", tuple(ctx.tokens.shape)))
-    x = jnp.asarray(batch.get("image", jnp.zeros((text.mask.shape[0],) + (model.cfg.resolution,) * 2 + (3,))))
-    t = jnp.full((x.shape[0],), 0.5) if t is None else t
-    probe = {"shapes": []}
-    v = model.denoise(x, t, text, ctx, probe=probe)
-    return rows + probe["shapes"] + [("output v", tuple(v.shape))]
+    """[(name, output shape)] for the text and context features and every Block of one forward pass, in call order.
+
+    Runs abstractly (`jax.eval_shape`): nothing is computed, so it is instant even for `base`."""
+    gd, st = nnx.split(model)
+    cfg = model.cfg
+    B = int(jnp.shape(batch["text_ids"])[0])
+    x = batch.get("image", jax.ShapeDtypeStruct((B, cfg.resolution, cfg.resolution, 3), jnp.float32))
+    t = jax.ShapeDtypeStruct((B,), jnp.float32) if t is None else t
+    rows, probe = [], {"shapes": []}
+
+    def f(s, x, t, batch):
+        m = nnx.merge(gd, s)
+        text = m.encode_text(batch["text_ids"])
+        rows.append(("text tokens", tuple(text.tokens.shape)))
+        ctx = None
+        if cfg.use_context and "ctx_image" in batch:
+            ctx = m.encode_context(batch["ctx_image"], batch["ctx_ids"], batch["ctx_mask"])
+            rows.append(("context tokens", tuple(ctx.tokens.shape)))
+        v = m.denoise(x, t, text, ctx, probe=probe)
+        rows.extend(probe["shapes"] + [("output v", tuple(v.shape))])
+        return v
+
+    keys = ("text_ids", "ctx_image", "ctx_ids", "ctx_mask")
+    jax.eval_shape(f, st, x, t, {k: batch[k] for k in keys if k in batch})
+    return rows
 
 
-def context_attention(model: InstructImagen, x_t, t, text: TextFeatures, ctx: ContextFeatures) -> list:
-    """The context cross-attention weights of one denoise call: [(block name, [B, heads, h*w, K*T])]."""
+def context_attention(model: InstructImagen, x_t, t, text: TextFeatures, ctx: ContextFeatures) -> dict:
+    """The context cross-attention weights of one denoise call: {block name: [B, heads, h*w, K*T]} (jit-friendly)."""
     return model.denoise(x_t, t, text, ctx, return_attention=True)[1]
