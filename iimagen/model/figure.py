@@ -44,7 +44,6 @@ def draw_architecture(cfg: ModelConfig | str = "tiny", ax=None):
         arrow((prev_d[0], prev_d[1] - H / 2), (xd, y + H / 2))
         arrow((xu, y + H / 2), (prev_u[0], prev_u[1] - H / 2))
         arrow((xd + W / 2, y), (xu - W / 2, y), style="-|>", color="gray", ls="--")   # skips
-        prev_d = prev_u = None
         prev_d, prev_u = (xd, y), (xu, y)
     ym = top - 1 - L
     rb = cfg.bottleneck_resolution

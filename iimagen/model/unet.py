@@ -268,10 +268,10 @@ def _leaves_with_paths(model):
 
 def param_count(model_or_cfg) -> int:
     """Number of parameters of a model (or of the model a config builds, computed abstractly)."""
-    model = _abstract(model_or_cfg) if isinstance(model_or_cfg, (ModelConfig, str)) else model_or_cfg
-    if isinstance(model, str):
-        model = _abstract(get_config(model))
-    return sum(int(jnp.size(v)) for _, v in _leaves_with_paths(model))
+    if isinstance(model_or_cfg, (ModelConfig, str)):
+        cfg = get_config(model_or_cfg) if isinstance(model_or_cfg, str) else model_or_cfg
+        model_or_cfg = _abstract(cfg)
+    return sum(int(jnp.size(v)) for _, v in _leaves_with_paths(model_or_cfg))
 
 
 def param_table(cfg: ModelConfig) -> dict:
