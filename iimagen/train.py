@@ -89,6 +89,9 @@ class TrainConfig:
     keep: int = 2
     sample_every: int = 0              # 0: no sample grids during training
     time_budget: float | None = None   # seconds; stop (and checkpoint) at the earlier of steps / time
+    pool_size: int = 4096              # stage 1: images in the retrieval pool that clusters are mined from
+    workers: int | None = None         # data worker processes (None: one per core, up to 16; 0: a thread)
+    export_dtype: str = "float32"      # weights of workdir/export: float32 | bfloat16 (half the size)
 
     def resolved(self) -> "TrainConfig":
         d = STAGE_DEFAULTS.get(self.stage)
@@ -307,7 +310,8 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     # ==== Data: deterministic in (seed, step), this host's shard ====
     loader = Loader(stage=tc.stage, batch_size=tc.batch_size // n_proc, resolution=cfg.resolution, seed=tc.seed,
                     K=cfg.K, start_step=start,
-                    variant=None if tc.variant == "instruct" else tc.variant)
+                    variant=None if tc.variant == "instruct" else tc.variant, pool_size=tc.pool_size,
+                    workers=tc.workers)
 
     # ==== Loop ====
     log = open(workdir / "metrics.jsonl", "a")
@@ -358,7 +362,7 @@ def export(workdir: Path, graphdef, state, tc: TrainConfig, cfg: ModelConfig, wa
             "init": tc.init, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "wall_s": wall, "command": "iimagen train " + " ".join(_argv_of(tc))}
     if jax.process_index() == 0:
-        ckpt_lib.save_model(Path(workdir) / "export", model, meta)
+        ckpt_lib.save_model(Path(workdir) / "export", model, meta, dtype=tc.export_dtype)
 
 
 def read_metrics(workdir) -> list[dict]:

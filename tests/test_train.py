@@ -45,7 +45,7 @@ def chain(tmp_path_factory):
     out = {}
     out[0] = train(TrainConfig(stage=0, workdir=str(root / "s0"), override=MICRO, steps=6, batch_size=8,
                                log_every=2, ckpt_every=3), progress=False)
-    out[1] = train(TrainConfig(stage=1, workdir=str(root / "s1"), init=str(root / "s0"), steps=4, batch_size=8,
+    out[1] = train(TrainConfig(stage=1, workdir=str(root / "s1"), init=str(root / "s0"), steps=4, batch_size=8, pool_size=64,
                                log_every=2), progress=False)
     out[2] = train(TrainConfig(stage=2, workdir=str(root / "s2"), init=str(root / "s1"), steps=4, batch_size=8,
                                log_every=2), progress=False)
@@ -130,7 +130,8 @@ def test_eight_devices_give_the_losses_of_one(tmp_path):
             out[name] = losses
         print(json.dumps(out))
     """)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
