@@ -24,10 +24,8 @@ def load_examples(folder: Path = paths.EXAMPLES):
 
     index = paths.require(Path(folder) / "index.json", "the example index",
                           "Regenerate it with `python -c 'import iimagen.tasks as t; t.write_examples()'`.")
-    out = []
-    for e in json.loads(index.read_text()):
-        out.append((e["name"], e["task"], Instruction.load(Path(folder) / e["name"])))
-    return out
+    entries = json.loads(index.read_text())["examples"]
+    return [(e["folder"], e["task"], Instruction.load(Path(folder) / e["folder"])) for e in entries]
 
 
 def figure(rows, outputs=None):

@@ -17,13 +17,13 @@ run() {  # run NAME ARGS...: one training run, its log in OUT/NAME.log
   local rc=$?; tail -n 2 "$OUT/$name.log" | tee -a "$OUT/runs.log"; return $rc
 }
 # Stage 0: the text-to-image backbone (stands in for the pre-trained Imagen).
-run stage0 --stage 0 --steps 100000 --lr 1e-3 --time-budget "$(budget 110)" || exit 1
+run stage0 --stage 0 --steps 100000 --lr 1e-3 --time-budget "$(budget 100)" || exit 1
 # Stage 1: retrieval-augmented training from stage 0.
-run stage1 --stage 1 --init "$OUT/stage0" --steps 100000 --time-budget "$(budget 80)" --pool-size 8192 || exit 1
+run stage1 --stage 1 --init "$OUT/stage0" --steps 100000 --time-budget "$(budget 70)" --pool-size 8192 || exit 1
 # Stage 2 and the baselines, side by side on the one accelerator (each takes a share of memory and data workers).
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.25
-run stage2 --stage 2 --init "$OUT/stage1" --steps 100000 --time-budget "$(budget 140)" --workers 8 &
-run multitask --stage 2 --variant no_instruction --init "$OUT/stage1" --steps 100000 --time-budget "$(budget 140)" --workers 4 &
-run no_stage1 --stage 2 --init "$OUT/stage0" --steps 100000 --time-budget "$(budget 140)" --workers 4 &
+run stage2 --stage 2 --init "$OUT/stage1" --steps 100000 --time-budget "$(budget 120)" --workers 8 &
+run multitask --stage 2 --variant no_instruction --init "$OUT/stage1" --steps 100000 --time-budget "$(budget 120)" --workers 4 &
+run no_stage1 --stage 2 --init "$OUT/stage0" --steps 100000 --time-budget "$(budget 120)" --workers 4 &
 wait
 echo "== done" | tee -a "$OUT/runs.log"

@@ -1,0 +1,652 @@
+"""`Composer`: write a multi-modal instruction (paper §2) in a notebook, see it drawn, and generate from it.
+
+    from iimagen.ui import Composer
+    Composer(Generator.load("data/checkpoints/instruct-imagen-tiny"))     # the last expression of a cell
+
+What the widget does, top to bottom:
+
+- **Instruction text**: pick a task template (`templates.render`, paper §3.2: the markers of the contexts already
+  added, or placeholders, fill its `{ref1}`, `{ref2}`) or write free text; zero-shot compositions (§5.2) are in the
+  same list.
+- **Context** (up to the model's K slots): add images from the world gallery (world examples by task), from
+  `data/examples/`, from an upload, or from an earlier output; give each a kind and a short text. Markers are numbered
+  for you (`[ref#k]`, shown beside each context); removing context k renumbers the later markers in the text and
+  turns `[ref#k]` itself into `[ref#?]`, which the validation then asks you to fix.
+- **Preview**: the instruction drawn like the paper's Fig. 2 (`Instruction.draw`), with validation messages inline.
+- **Settings**: sampler (ddim / dpm / ddpm), steps, guidance scale (text) and, optionally, a separate context scale,
+  oscillating guidance (App. A.2.2), seed, number of images. Image j uses seed `seed + j`.
+- **Generate / Stop**: images are made one at a time (each is one compiled sampling call), so Stop acts *between*
+  images; completed images are kept. In Jupyter (Lab or classic) generation runs in a background thread so the Stop
+  button is heard. Colab does not show widget updates made from a background thread (googlecolab/colabtools#3373),
+  so there it runs in the foreground: the progress bar updates, and the cell's interrupt (stop) button stops the run
+  between or during images, keeping what is done. `Composer(..., background=True/False)` overrides the choice.
+- **Results**, **Save** (instruction.json + context PNGs + output PNGs + settings.json) and a **History** of runs,
+  each restorable.
+
+Works with ipywidgets 7.7.1 (Colab) and 8.x. Everything is also callable from code (`add_context`, `generate`,
+`save`, `restore`, `figure`), which is how the tests and notebook 07 drive it.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from . import paths
+from .instruction import KINDS, Context, Instruction, InstructionError, marker, to_rgb_uint8
+
+FREE_TEXT = "(free text)"
+_LEAD_MARKER = re.compile(r"^\s*\[ref#\d+\]\s*")
+_ANY_MARKER = re.compile(r"\[ref#([1-9][0-9]*)\]")
+
+
+# --------------------------------------------------------------------------------------------------------- helpers
+def uploaded_files(value) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each file in a `FileUpload.value`: ipywidgets 7 gives a dict name -> {'metadata',
+    'content'}, ipywidgets 8 a tuple of dicts with 'name' and 'content' (a memoryview)."""
+    if not value:
+        return []
+    if isinstance(value, dict):  # ipywidgets 7.x
+        items = [(name, v.get("content", b"")) for name, v in value.items()]
+    else:  # ipywidgets 8.x
+        items = [(v.get("name", f"file_{i}"), v.get("content", b"")) for i, v in enumerate(value)]
+    return [(str(name), bytes(content)) for name, content in items]
+
+
+def image_from_bytes(data: bytes, name: str = "upload") -> np.ndarray:
+    """Decode an uploaded image file to uint8 HxWx3; anything that is not an image raises InstructionError."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return to_rgb_uint8(im.copy(), f"upload {name!r}")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        if isinstance(e, InstructionError):
+            raise
+        raise InstructionError(f"upload {name!r} is not an image file ({type(e).__name__}); upload a PNG or JPEG "
+                               "image") from None
+
+
+def png_bytes(image: np.ndarray, size: int | None = None) -> bytes:
+    """PNG bytes of a uint8 image, enlarged (nearest) to `size` px on its long side for display."""
+    im = Image.fromarray(np.asarray(image))
+    if size and max(im.size) != size:
+        s = size / max(im.size)
+        im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def strip_marker(text: str) -> str:
+    """'[ref#2] style image' -> 'style image' (the Composer numbers markers itself)."""
+    return _LEAD_MARKER.sub("", text)
+
+
+def renumber_after_removal(text: str, k: int) -> str:
+    """Payload text after context k is removed: [ref#n] -> [ref#n-1] for n > k, and [ref#k] -> [ref#?]."""
+    def sub(m):
+        n = int(m.group(1))
+        return m.group(0) if n < k else ("[ref#?]" if n == k else marker(n - 1))
+
+    return _ANY_MARKER.sub(sub, text)
+
+
+def _in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    return ip is not None and hasattr(ip, "kernel")
+
+
+@dataclass
+class Run:
+    """One generation: the instruction used, the settings, the images made (fewer than asked when stopped)."""
+
+    instruction: Instruction
+    settings: dict
+    images: list = field(default_factory=list)
+    stopped: bool = False
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------------------- composer
+class Composer:
+    """An ipywidgets app to compose an `Instruction` and generate images with a `Generator` (see the module doc).
+
+    generator:    an `iimagen.pipeline.Generator`.
+    examples:     the folder of saved instructions (`data/examples/`, with `index.json`).
+    out_dir:      default folder for Save (a numbered run_NNN subfolder per save).
+    background:   run Generate in a thread (default: yes in Jupyter, no in Colab and outside a kernel).
+    preview:      draw the instruction (Fig. 2 style) on every change.
+    """
+
+    def __init__(self, generator, examples=None, out_dir="out/ui", background: bool | None = None,
+                 preview: bool = True, gallery_size: int = 4, thumb: int = 96):
+        import ipywidgets as W
+
+        self.W, self.generator = W, generator
+        self.K = int(generator.cfg.K)
+        self.examples_dir = Path(examples or paths.EXAMPLES)
+        self.out_dir = Path(out_dir)
+        self.background = (_in_kernel() and not _in_colab()) if background is None else bool(background)
+        self.show_preview, self.gallery_size, self.thumb = preview, gallery_size, thumb
+        self.contexts: list[dict] = []  # {'image': uint8 HxWx3, 'text': str (no marker), 'kind': str}
+        self.results: list[np.ndarray] = []
+        self._results_seed = 0
+        self.history: list[Run] = []
+        self.progress_callbacks: list = []  # f(done, total) after each image (tests press Stop from here)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._template_seed = 0
+        self._drawn = None
+        self._gallery, self._example_items, self._example_names, self._examples = [], [], [], {}
+        self._build()
+        self.refresh()
+
+    # ------------------------------------------------------------------------------------------------- layout
+    def _build(self):
+        W = self.W
+        from . import tasks, templates
+
+        lay = lambda w: W.Layout(width=w)
+        self.task = W.Dropdown(options=[FREE_TEXT, *templates.TASKS, *templates.ZERO_SHOT], value=FREE_TEXT,
+                               description="template", layout=lay("300px"))
+        self.caption = W.Text(value="a large red circle on a beach", description="caption", layout=lay("360px"))
+        self.template_button = W.Button(description="use template", tooltip="fill the text from the template")
+        self.rephrase_button = W.Button(description="another phrasing")
+        self.text = W.Textarea(value="", placeholder="Generate an image of [ref#1] in the style of [ref#2] ...",
+                               description="text", layout=W.Layout(width="95%", height="64px"),
+                               continuous_update=False)
+        # context sources
+        names = [t for t in tasks.TASK_NAMES if t != "retrieval"]
+        self.gallery_task = W.Dropdown(options=names, value="subject", description="world task")
+        self.gallery_seed = W.IntText(value=0, description="seed", layout=lay("160px"))
+        self.gallery_item = W.Dropdown(options=[], description="image", layout=lay("460px"))
+        self.gallery_add = W.Button(description="add context", button_style="info")
+        self.example_item = W.Dropdown(options=[], description="example", layout=lay("560px"))
+        self.example_add = W.Button(description="add context", button_style="info")
+        self.example_load = W.Button(description="load whole instruction")
+        self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload image")
+        self.upload_kind = W.Dropdown(options=list(KINDS), value="reference", description="kind")
+        self.upload_text = W.Text(value="", placeholder="short text, e.g. 'a dog'", description="text")
+        self.source_preview = W.Image(format="png", layout=W.Layout(width="64px", height="64px"))
+        src = W.Tab(children=[
+            W.VBox([W.HBox([self.gallery_task, self.gallery_seed]), W.HBox([self.gallery_item, self.gallery_add])]),
+            W.VBox([self.example_item, W.HBox([self.example_add, self.example_load])]),
+            W.VBox([W.HBox([self.upload_kind, self.upload_text]), self.upload]),
+        ])
+        for i, t in enumerate(["world gallery", "data/examples", "upload"]):
+            src.set_title(i, t)
+        self.context_box = W.VBox([])
+        self.message = W.HTML("")
+        self.preview = W.Output()
+        # settings
+        self.sampler = W.Dropdown(options=["ddim", "dpm", "ddpm"], value="ddim", description="sampler",
+                                  layout=lay("180px"))
+        self.steps = W.BoundedIntText(value=25, min=1, max=1000, description="steps", layout=lay("160px"))
+        self.seed = W.IntText(value=0, description="seed", layout=lay("160px"))
+        self.num_images = W.BoundedIntText(value=4, min=1, max=64, description="images", layout=lay("160px"))
+        self.scale = W.BoundedFloatText(value=25.0, min=0.0, max=1000.0, step=0.5, description="guidance w",
+                                        layout=lay("180px"))
+        self.separate = W.Checkbox(value=False, description="separate context scale", indent=False,
+                                   layout=lay("180px"))
+        self.context_scale = W.BoundedFloatText(value=5.0, min=0.0, max=1000.0, step=0.5, description="context w",
+                                                disabled=True, layout=lay("180px"))
+        self.oscillate = W.Checkbox(value=True, description="oscillating guidance", indent=False,
+                                    layout=lay("180px"))
+        self.generate_button = W.Button(description="Generate", button_style="success", icon="play")
+        self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+        self.progress = W.IntProgress(value=0, min=0, max=1, layout=lay("240px"))
+        self.status = W.Label("")
+        self.results_box = W.HBox([], layout=W.Layout(flex_flow="row wrap"))
+        self.save_dir = W.Text(value="", placeholder=f"{self.out_dir}/run_NNN", description="folder",
+                               layout=lay("420px"))
+        self.save_button = W.Button(description="Save run", icon="save")
+        self.history_box = W.VBox([])
+
+        h = lambda s: W.HTML(f"<b>{s}</b>")
+        self.widget = W.VBox([
+            h("1. Instruction text (paper §2)"), W.HBox([self.task, self.template_button, self.rephrase_button]),
+            self.caption, self.text,
+            h(f"2. Context (up to {self.K} for this model)"), W.HBox([src, self.source_preview]), self.context_box,
+            self.message, self.preview,
+            h("3. Settings"), W.HBox([self.sampler, self.steps, self.seed, self.num_images]),
+            W.HBox([self.scale, self.separate, self.context_scale, self.oscillate]),
+            W.HBox([self.generate_button, self.stop_button, self.progress, self.status]),
+            h("Results"), self.results_box, W.HBox([self.save_dir, self.save_button]),
+            h("History"), self.history_box,
+        ])
+        # events
+        self.template_button.on_click(lambda _: self.use_template())
+        self.rephrase_button.on_click(lambda _: self.use_template(new_phrasing=True))
+        self.text.observe(lambda _: self.refresh(), "value")
+        self.gallery_task.observe(lambda _: self._fill_gallery(), "value")
+        self.gallery_seed.observe(lambda _: self._fill_gallery(), "value")
+        self.gallery_item.observe(lambda _: self._show_source(self._gallery, self.gallery_item.value), "value")
+        self.example_item.observe(lambda _: self._show_source(self._example_items, self.example_item.value), "value")
+        self.gallery_add.on_click(lambda _: self._add_source(self._gallery, self.gallery_item.value))
+        self.example_add.on_click(lambda _: self._add_source(self._example_items, self.example_item.value))
+        self.example_load.on_click(lambda _: self._load_example())
+        self.upload.observe(self._on_upload, "value")
+        self.separate.observe(lambda c: setattr(self.context_scale, "disabled", not c["new"]), "value")
+        self.generate_button.on_click(lambda _: self.generate(wait=False))
+        self.stop_button.on_click(lambda _: self.stop())
+        self.save_button.on_click(lambda _: self._save_clicked())
+        self._fill_gallery()
+        self._fill_examples()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    # ------------------------------------------------------------------------------------------------- messages
+    def _say(self, text: str, level: str = "info"):
+        import html
+
+        colour = {"error": "#b00020", "ok": "#1b7f3b", "info": "#444"}[level]
+        self.message.value = f'<span style="color:{colour}">{html.escape(text)}</span>'
+
+    # ------------------------------------------------------------------------------------------------- sources
+    def _fill_gallery(self):
+        """World examples of the chosen task (`tasks.sample`): each context image, and the target."""
+        from . import tasks
+
+        R = self.generator.cfg.resolution
+        R = R if R in (32, 64, 128) else 64
+        try:
+            exs = tasks.sample(self.gallery_task.value, self.gallery_size, int(self.gallery_seed.value), R)
+        except ValueError as e:
+            self._say(str(e), "error")
+            return
+        items = []  # (label, (image, text, kind)); the dropdown's values are indices into this list
+        for i, ex in enumerate(exs, start=1):
+            for c in ex.instruction.contexts:
+                items.append((f"{i}. {c.kind}: {strip_marker(c.text)}", (c.image, strip_marker(c.text), c.kind)))
+            cap = str(ex.truth.get("caption") or "")
+            items.append((f"{i}. target: {cap[:60]}", (ex.target, cap, "reference")))
+        self._gallery = items
+        self.gallery_item.options = [(lab, j) for j, (lab, _) in enumerate(items)]
+        if items:
+            self.gallery_item.value = 0
+            self._show_source(items, 0)
+
+    def _fill_examples(self):
+        """Every context image (and target) of the saved instructions in `data/examples/`."""
+        self._examples, items = {}, []
+        index = self.examples_dir / "index.json"
+        if not index.is_file():
+            return
+        for e in json.loads(index.read_text()).get("examples", []):
+            folder = self.examples_dir / e["folder"]
+            try:
+                ins = Instruction.load(folder)
+            except InstructionError:
+                continue
+            self._examples[e["folder"]] = ins
+            for c in ins.contexts:
+                items.append((e["folder"], f"{e['folder']}: {c.text} ({c.kind})",
+                              (c.image, strip_marker(c.text), c.kind)))
+            if (folder / "target.png").is_file():
+                items.append((e["folder"], f"{e['folder']}: target image",
+                              (np.asarray(Image.open(folder / "target.png").convert("RGB")), "", "reference")))
+        self._example_items = [(lab, item) for _, lab, item in items]
+        self._example_names = [name for name, _, _ in items]
+        self.example_item.options = [(lab, j) for j, (_, lab, _) in enumerate(items)]
+
+    def _show_source(self, items, j):
+        if j is not None:
+            self.source_preview.value = png_bytes(items[j][1][0], 64)
+
+    def _add_source(self, items, j):
+        if j is not None:
+            self.add_context(*items[j][1])
+
+    def _load_example(self):
+        """Replace the text and contexts by the instruction of the selected example."""
+        if self.example_item.value is not None:
+            self.load_instruction(self._examples[self._example_names[self.example_item.value]])
+
+    def _on_upload(self, change):
+        files = uploaded_files(change["new"])
+        if not files:
+            return
+        for name, data in files:
+            try:
+                image = image_from_bytes(data, name)
+            except InstructionError as e:
+                self._say(str(e), "error")
+                continue
+            self.add_context(image, self.upload_text.value or name.rsplit(".", 1)[0], self.upload_kind.value)
+        self._clear_upload()
+
+    def _clear_upload(self):
+        """Empty the FileUpload so the same file can be uploaded again (7.x: read-only dict; 8.x: a tuple)."""
+        try:
+            self.upload.set_trait("value", {} if isinstance(self.upload.value, dict) else ())
+        except Exception:  # an old frontend may refuse; the next upload still works when it differs
+            pass
+
+    # ------------------------------------------------------------------------------------------------- contexts
+    def add_context(self, image, text: str = "", kind: str = "reference") -> bool:
+        """Append a context (marker numbered for you); False with a message when it cannot be added."""
+        if len(self.contexts) >= self.K:
+            self._say(f"this model has K={self.K} context slots; remove a context before adding another", "error")
+            return False
+        try:
+            image = to_rgb_uint8(image, "context image")
+            kind = kind if kind in KINDS else "reference"
+            Context(image, strip_marker(text), kind)
+        except InstructionError as e:
+            self._say(str(e), "error")
+            return False
+        self.contexts.append({"image": image, "text": strip_marker(text), "kind": kind})
+        self._rebuild_contexts()
+        return True
+
+    def remove_context(self, k: int):
+        """Remove context k (1-based); markers in the text are renumbered, [ref#k] becomes [ref#?]."""
+        if not 1 <= k <= len(self.contexts):
+            return
+        del self.contexts[k - 1]
+        self._rebuild_contexts(refresh=False)
+        self.text.value = renumber_after_removal(self.text.value, k)  # triggers refresh when changed
+        self.refresh()
+
+    def insert_marker(self, k: int):
+        c = self.contexts[k - 1]
+        self.text.value = (self.text.value.rstrip() + f" {marker(k)} {c['text']}".rstrip()).strip()
+
+    def _rebuild_contexts(self, refresh: bool = True):
+        W = self.W
+        rows = []
+        for k, c in enumerate(self.contexts, start=1):
+            img = W.Image(value=png_bytes(c["image"], 64), format="png", layout=W.Layout(width="64px"))
+            kind = W.Dropdown(options=list(KINDS), value=c["kind"], layout=W.Layout(width="120px"))
+            text = W.Text(value=c["text"], placeholder="short text, e.g. 'style image'", continuous_update=False,
+                          layout=W.Layout(width="300px"))
+            ins = W.Button(description=f"insert {marker(k)}", layout=W.Layout(width="130px"))
+            rm = W.Button(description="remove", icon="trash", layout=W.Layout(width="100px"))
+            kind.observe(lambda ch, c=c: (c.update(kind=ch["new"]), self.refresh()), "value")
+            text.observe(lambda ch, c=c: (c.update(text=ch["new"]), self.refresh()), "value")
+            ins.on_click(lambda _, k=k: self.insert_marker(k))
+            rm.on_click(lambda _, k=k: self.remove_context(k))
+            rows.append(W.HBox([img, W.HTML(f"<b>{marker(k)}</b>"), kind, text, ins, rm]))
+        self.context_box.children = rows
+        if refresh:
+            self.refresh()
+
+    # ------------------------------------------------------------------------------------------------- text
+    def use_template(self, new_phrasing: bool = False):
+        """Fill the text from the chosen task's template (`templates.render`): context k's marker + text fill
+        `{refk}`; a ref with no context yet gets a placeholder naming what to add."""
+        from . import templates
+
+        task = self.task.value
+        if task == FREE_TEXT:
+            self._say("choose a task in 'template' first (or write the text yourself)", "info")
+            return
+        self._template_seed += int(new_phrasing)
+        spec = templates.spec(task)
+        refs = []
+        for i, what in enumerate(spec["refs"], start=1):
+            c = self.contexts[i - 1] if i <= len(self.contexts) else None
+            refs.append(f"{marker(i)} {c['text'] or c['kind'] if c else what + ' image'}")
+        control = next((c["kind"] for c in self.contexts if c["kind"] in templates.CONTROLS), None)
+        try:
+            self.text.value = templates.render(task, self._template_seed, self.caption.value if spec["caption"]
+                                               else None, refs, control=control if task in ("control_subject",
+                                                                                            "control_style") else None)
+        except ValueError as e:
+            self._say(str(e), "error")
+
+    def load_instruction(self, instruction: Instruction):
+        """Replace text and contexts by `instruction`'s."""
+        self.contexts = [{"image": c.image, "text": strip_marker(c.text), "kind": c.kind}
+                         for c in instruction.contexts[:self.K]]
+        self._rebuild_contexts(refresh=False)
+        self.text.value = instruction.text
+        self.refresh()
+        if len(instruction.contexts) > self.K:
+            self._say(f"the instruction has {len(instruction.contexts)} contexts; this model takes {self.K}; "
+                      "the first ones were kept", "error")
+
+    def instruction(self) -> Instruction:
+        """The instruction as composed now (raises InstructionError when invalid)."""
+        return Instruction(self.text.value, tuple(Context(c["image"], c["text"], c["kind"]) for c in self.contexts))
+
+    def refresh(self):
+        """Validate the instruction; show the error, or draw it (Fig. 2 style) when it changed."""
+        try:
+            ins = self.instruction()
+        except InstructionError as e:
+            self._say(str(e), "error")
+            return None
+        unused = [k for k in range(1, len(ins.contexts) + 1) if k not in ins.markers]
+        self._say(f"valid instruction: {len(ins.contexts)} context(s)"
+                  + (f"; the text never mentions {', '.join(marker(k) for k in unused)}" if unused else ""), "ok")
+        key = (ins.text, tuple((c.text, c.kind, id(c_["image"])) for c, c_ in zip(ins.contexts, self.contexts)))
+        if self.show_preview and key != self._drawn:
+            # the figure as a PNG display message: works with ipywidgets 7 and 8, in Colab, and without a kernel
+            import base64
+
+            self._drawn = key
+            buf = io.BytesIO()
+            ins.draw().savefig(buf, format="png", dpi=72, bbox_inches="tight")
+            self.preview.outputs = ({"output_type": "display_data", "metadata": {},
+                                     "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
+                                              "text/plain": repr(ins)}},)
+        return ins
+
+    # ------------------------------------------------------------------------------------------------- settings
+    def settings(self) -> dict:
+        return {"sampler": self.sampler.value, "steps": int(self.steps.value), "scale": float(self.scale.value),
+                "context_scale": float(self.context_scale.value) if self.separate.value else None,
+                "oscillate": bool(self.oscillate.value), "seed": int(self.seed.value),
+                "num_images": int(self.num_images.value)}
+
+    def set_settings(self, s: dict):
+        for name in ("sampler", "steps", "scale", "oscillate", "seed", "num_images"):
+            if name in s:
+                getattr(self, name).value = s[name]
+        self.separate.value = s.get("context_scale") is not None
+        if s.get("context_scale") is not None:
+            self.context_scale.value = s["context_scale"]
+
+    @staticmethod
+    def guidance(s: dict):
+        from .diffusion import Guidance
+
+        return Guidance(s["scale"], s["context_scale"], s["oscillate"])
+
+    # ------------------------------------------------------------------------------------------------- generate
+    def generate(self, wait: bool = True) -> Run | None:
+        """Generate `num_images` images for the current instruction, one at a time (Stop acts between images).
+
+        In background mode the run happens in a thread; `wait=True` joins it. Returns the `Run` (None when the
+        instruction or the settings are invalid, with the message shown)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._say("a run is in progress; press Stop or wait", "error")
+            return None
+        ins = self.refresh()
+        if ins is None:
+            return None
+        s = self.settings()
+        try:
+            guidance = self.guidance(s)
+        except ValueError as e:
+            self._say(str(e), "error")
+            return None
+        run = Run(ins, s)
+        self._stop.clear()
+        self.generate_button.disabled, self.stop_button.disabled = True, False
+        self.progress.max, self.progress.value = s["num_images"], 0
+        self.results, self._results_seed = [], s["seed"]
+        self._show_results()
+        if self.background:
+            self._thread = threading.Thread(target=self._run, args=(run, guidance), daemon=True)
+            self._thread.start()
+            if wait:
+                self._thread.join()
+        else:
+            self._run(run, guidance)
+        return run
+
+    def stop(self):
+        """Ask the run to stop after the image in progress."""
+        self._stop.set()
+        self.status.value = "stopping after the current image..."
+
+    def wait(self):
+        """Block until a background run ends."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, run: Run, guidance):
+        s, t0 = run.settings, time.perf_counter()
+        try:
+            for j in range(s["num_images"]):
+                if self._stop.is_set():
+                    run.stopped = True
+                    break
+                self.status.value = f"image {j + 1}/{s['num_images']}" + (" (compiling on first use...)"
+                                                                          if j == 0 else "")
+                img = self.generator.generate(run.instruction, sampler=s["sampler"], steps=s["steps"],
+                                              guidance=guidance, seed=s["seed"] + j, progress=False)[0]
+                run.images.append(img)
+                self.results = list(run.images)
+                self._show_results()
+                self.progress.value = j + 1
+                for f in self.progress_callbacks:
+                    f(j + 1, s["num_images"])
+            if self._stop.is_set() and len(run.images) < s["num_images"]:
+                run.stopped = True
+        except KeyboardInterrupt:  # the kernel's interrupt button, in a foreground run
+            run.stopped = True
+        except Exception as e:  # noqa: BLE001 - shown in the UI; the composer's state stays as it was
+            self._say(f"generation failed: {type(e).__name__}: {e}", "error")
+        finally:
+            run.seconds = time.perf_counter() - t0
+            self.generate_button.disabled, self.stop_button.disabled = False, True
+            if run.images:
+                self.history.append(run)
+                self._add_history(len(self.history))
+            n = len(run.images)
+            self.status.value = (f"{'stopped' if run.stopped else 'done'}: {n}/{s['num_images']} image(s) in "
+                                 f"{run.seconds:.1f} s")
+
+    def _show_results(self):
+        W = self.W
+        tiles = []
+        for j, img in enumerate(self.results):
+            use = W.Button(description="use as context", layout=W.Layout(width=f"{max(self.thumb, 110)}px"))
+            use.on_click(lambda _, img=img, j=j: self.add_context(img, f"output {j + 1}", "reference"))
+            tiles.append(W.VBox([W.Image(value=png_bytes(img, self.thumb), format="png"),
+                                 W.Label(f"image {j + 1}, seed {self._results_seed + j}"), use]))
+        self.results_box.children = tiles
+
+    # ------------------------------------------------------------------------------------------------- history
+    def _add_history(self, i: int):
+        W = self.W
+        run = self.history[i - 1]
+        s = run.settings
+        cs = "" if s["context_scale"] is None else f", context w={s['context_scale']}"
+        desc = (f"<b>run {i}</b>: {s['sampler']} x{s['steps']}, w={s['scale']}{cs}, "
+                f"{'oscillating' if s['oscillate'] else 'constant'}, seed {s['seed']}, "
+                f"{len(run.images)}/{s['num_images']} image(s){' (stopped)' if run.stopped else ''}<br>"
+                f"<i>{_html(run.instruction.text)}</i>")
+        thumbs = [W.Image(value=png_bytes(im, 48), format="png") for im in run.images[:8]]
+        restore = W.Button(description="restore", icon="undo", layout=W.Layout(width="100px"))
+        restore.on_click(lambda _, i=i: self.restore(i))
+        self.history_box.children = (W.VBox([W.HTML(desc), W.HBox([restore, *thumbs])]),
+                                     *self.history_box.children)
+
+    def restore(self, i: int):
+        """Bring back run i (1-based): its instruction, settings and images."""
+        if not 1 <= i <= len(self.history):
+            self._say(f"there is no run {i}; runs are 1..{len(self.history)}", "error")
+            return
+        run = self.history[i - 1]
+        self.load_instruction(run.instruction)
+        self.set_settings(run.settings)
+        self.results, self._results_seed = list(run.images), run.settings["seed"]
+        self._show_results()
+        self.status.value = f"restored run {i}"
+
+    # ------------------------------------------------------------------------------------------------- save
+    def save(self, folder=None, run: int | None = None) -> Path:
+        """Write run `run` (default: the last; the current instruction alone when there is none) to `folder`:
+        instruction.json + context_k.png (`Instruction.save`), output_j.png, settings.json."""
+        if run is None and self.history:
+            run = len(self.history)
+        if folder is None or str(folder).strip() == "":
+            n = 1
+            while (self.out_dir / f"run_{n:03d}").exists():
+                n += 1
+            folder = self.out_dir / f"run_{n:03d}"
+        folder = Path(folder)
+        if run is None:
+            ins, images, settings = self.instruction(), [], self.settings()
+        else:
+            r = self.history[run - 1]
+            ins, images, settings = r.instruction, r.images, dict(r.settings, stopped=r.stopped)
+        ins.save(folder)
+        for j, img in enumerate(images):
+            Image.fromarray(img).save(folder / f"output_{j}.png")
+        (folder / "settings.json").write_text(json.dumps(dict(settings, images=len(images)), indent=1) + "\n")
+        return folder
+
+    def _save_clicked(self):
+        try:
+            folder = self.save(self.save_dir.value)
+        except (ValueError, OSError) as e:
+            self._say(f"not saved: {e}", "error")
+            return
+        self._say(f"saved to {folder}", "ok")
+
+    # ------------------------------------------------------------------------------------------------- static view
+    def figure(self, run: int | None = None):
+        """A matplotlib figure of a run (default: the last): its context images, then its outputs, with the text."""
+        import textwrap
+
+        import matplotlib.pyplot as plt
+
+        r = self.history[(run or len(self.history)) - 1]
+        ctx, outs = r.instruction.contexts, r.images
+        n = len(ctx) + len(outs)
+        fig, axes = plt.subplots(1, n, figsize=(1.8 * n, 2.6), squeeze=False)
+        plt.close(fig)
+        for a, c in zip(axes[0], ctx):
+            a.imshow(c.image, interpolation="nearest")
+            a.set_title("\n".join(textwrap.wrap(f"{c.text} ({c.kind})", 22)), fontsize=8)
+        for j, (a, img) in enumerate(zip(axes[0, len(ctx):], outs)):
+            a.imshow(img, interpolation="nearest")
+            a.set_title(f"output {j + 1}\nseed {r.settings['seed'] + j}", fontsize=8)
+        for a in axes[0]:
+            a.set_xticks([]), a.set_yticks([])
+        s = r.settings
+        fig.suptitle("\n".join(textwrap.wrap(r.instruction.text, 110)) + f"\n[{s['sampler']} x{s['steps']}, "
+                     f"w={s['scale']}{'' if s['context_scale'] is None else ', context w=' + str(s['context_scale'])}"
+                     f"{', oscillating' if s['oscillate'] else ''}]", fontsize=8)
+        fig.tight_layout()
+        return fig
+
+
+def _html(text: str) -> str:
+    import html
+
+    return html.escape(text)

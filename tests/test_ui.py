@@ -1,0 +1,203 @@
+"""iimagen.ui.Composer, driven headless: set widget values, press buttons, check state (ipywidgets 7.7.1 and 8.x)."""
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timezone
+
+import ipywidgets
+import numpy as np
+import pytest
+from PIL import Image
+
+from iimagen import checkpoint as C
+from iimagen.configs import get_config
+from iimagen.instruction import Instruction
+from iimagen.pipeline import Generator
+from iimagen.tokenizer import load_tokenizer
+from iimagen.ui import Composer, image_from_bytes, renumber_after_removal, uploaded_files
+
+CFG = dict(channels=16, text_width=32, text_layers=1, text_len=24, ctx_text_len=8, K=2, norm_groups=8, head_dim=16,
+           resolution=16)
+V7 = ipywidgets.__version__.startswith("7.")
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return Generator(C.random_model(get_config("tiny", **CFG), 0, scale=0.2), load_tokenizer(), {})
+
+
+@pytest.fixture
+def comp(gen, tmp_path):
+    c = Composer(gen, out_dir=tmp_path / "ui", background=False, preview=False)
+    c.sampler.value, c.steps.value, c.num_images.value, c.scale.value = "ddim", 2, 2, 3.0
+    return c
+
+
+def rgb(seed=0, side=20):
+    return np.random.default_rng(seed).integers(0, 255, (side, side, 3), np.uint8)
+
+
+def png(img) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fake_upload(widget, name, data):
+    """What the browser sends, in the shape of this ipywidgets version."""
+    if V7:
+        value = {name: {"metadata": {"name": name, "type": "image/png", "size": len(data)}, "content": data}}
+    else:
+        value = ({"name": name, "type": "image/png", "size": len(data), "content": memoryview(data),
+                  "last_modified": datetime.now(timezone.utc)},)
+    widget.set_trait("value", value)
+
+
+def is_error(c):
+    return "#b00020" in c.message.value
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
+def test_uploaded_files_reads_both_ipywidgets_formats():
+    v7 = {"a.png": {"metadata": {"name": "a.png"}, "content": b"xy"}}
+    v8 = ({"name": "a.png", "type": "image/png", "size": 2, "content": memoryview(b"xy")},)
+    assert uploaded_files(v7) == uploaded_files(v8) == [("a.png", b"xy")]
+    assert uploaded_files(()) == uploaded_files({}) == []
+    img = rgb(1)
+    assert np.array_equal(image_from_bytes(png(img)), img)
+    with pytest.raises(ValueError, match="not an image"):
+        image_from_bytes(b"hello, not a png", "notes.txt")
+
+
+def test_renumber_after_removal():
+    assert renumber_after_removal("[ref#1] in the style of [ref#2] and [ref#3]", 2) == \
+        "[ref#1] in the style of [ref#?] and [ref#2]"
+
+
+# -- composing -------------------------------------------------------------------------------------------------------
+def test_add_remove_contexts_and_markers(comp):
+    assert comp.add_context(rgb(1), "a dog", "subject") and comp.add_context(rgb(2), "[ref#2] style image", "style")
+    assert [c["text"] for c in comp.contexts] == ["a dog", "style image"]  # markers are the composer's job
+    assert not comp.add_context(rgb(3), "one too many") and "K=2" in comp.message.value and len(comp.contexts) == 2
+    comp.text.value = "Generate [ref#1] in the style of [ref#2]"
+    ins = comp.instruction()
+    assert [c.text for c in ins.contexts] == ["[ref#1] a dog", "[ref#2] style image"] and not is_error(comp)
+    comp.context_box.children[0].children[-1].click()  # remove context 1
+    assert comp.text.value == "Generate [ref#?] in the style of [ref#1]" and is_error(comp)
+    assert "malformed reference marker" in comp.message.value and comp.contexts[0]["text"] == "style image"
+    comp.context_box.children[0].children[2].value = "depth"  # change the kind in the row
+    assert comp.contexts[0]["kind"] == "depth"
+
+
+def test_invalid_instruction_shows_error_and_does_not_generate(comp):
+    comp.text.value = "Render [ref#2] as a painting"  # no contexts yet
+    assert is_error(comp) and "[ref#2]" in comp.message.value and "only 0 contexts" in comp.message.value
+    comp.generate_button.click()
+    assert comp.results == [] and comp.history == [] and comp.text.value == "Render [ref#2] as a painting"
+    comp.text.value = "   "
+    assert is_error(comp) and "non-empty" in comp.message.value
+
+
+def test_template_fills_text_with_context_markers(comp):
+    comp.add_context(rgb(1), "a dog", "subject")
+    comp.add_context(rgb(2), "watercolour", "style")
+    comp.task.value = "style_subject"
+    comp.template_button.click()
+    assert "[ref#1] a dog" in comp.text.value and "[ref#2] watercolour" in comp.text.value
+    assert comp.instruction().markers == [1, 2] and not is_error(comp)
+    comp.task.value = "edge_to_image"  # one ref, with a caption
+    comp.caption.value = "a blue square"
+    comp.template_button.click()
+    assert "a blue square" in comp.text.value and "[ref#1]" in comp.text.value
+
+
+def test_bad_upload_shows_error_and_keeps_state(comp):
+    comp.add_context(rgb(1), "a dog", "subject")
+    comp.text.value = "Draw [ref#1] on a beach"
+    fake_upload(comp.upload, "notes.txt", b"this is not an image")
+    assert is_error(comp) and "notes.txt" in comp.message.value and "not an image" in comp.message.value
+    assert len(comp.contexts) == 1 and comp.text.value == "Draw [ref#1] on a beach"
+    comp.upload_kind.value, comp.upload_text.value = "style", "my style"
+    fake_upload(comp.upload, "good.png", png(rgb(5)))  # a real image is added as a context
+    assert len(comp.contexts) == 2 and comp.contexts[1]["kind"] == "style" and comp.contexts[1]["text"] == "my style"
+    assert np.array_equal(comp.contexts[1]["image"], rgb(5)) and comp.text.value == "Draw [ref#1] on a beach"
+
+
+def test_gallery_and_examples_sources(comp):
+    from iimagen import tasks
+
+    comp.gallery_task.value = "style_transfer"
+    want = tasks.sample("style_transfer", 4, 0, 64)[0].instruction.contexts[1]  # world renders: 32/64/128 px
+    comp.gallery_item.index = 1  # example 1, context 2
+    comp.gallery_add.click()
+    assert len(comp.contexts) == 1 and np.array_equal(comp.contexts[0]["image"], want.image)
+    assert comp.contexts[0]["kind"] == want.kind and "[ref#" not in comp.contexts[0]["text"]
+    labels = [o[0] for o in comp.example_item.options]
+    comp.example_item.index = labels.index(next(lab for lab in labels if lab.startswith("style_subject")))
+    comp.example_load.click()
+    want = Instruction.load(comp.examples_dir / "style_subject")
+    assert comp.instruction() == want and not is_error(comp)
+
+
+# -- generating ------------------------------------------------------------------------------------------------------
+def test_generate_shows_results_save_and_history_restore(comp, tmp_path):
+    comp.add_context(rgb(1), "a dog", "subject")
+    comp.text.value = "Generate [ref#1] on a beach"
+    comp.seed.value = 7
+    comp.generate_button.click()
+    assert len(comp.results) == 2 and all(r.shape == (16, 16, 3) and r.dtype == np.uint8 for r in comp.results)
+    assert len(comp.results_box.children) == 2 and comp.progress.value == 2 and "done: 2/2" in comp.status.value
+    assert not np.array_equal(comp.results[0], comp.results[1])  # seeds 7 and 8
+    assert comp.generate_button.disabled is False and comp.stop_button.disabled is True
+    # the same instruction through the Generator directly gives the same image: nothing is hard-coded in the UI
+    direct = comp.generator.generate(comp.instruction(), sampler="ddim", steps=2, guidance=comp.guidance(
+        comp.settings()), seed=8, progress=False)[0]
+    assert np.array_equal(direct, comp.results[1])
+
+    comp.save_dir.value = str(tmp_path / "saved")
+    comp.save_button.click()
+    saved = tmp_path / "saved"
+    assert Instruction.load(saved) == comp.history[0].instruction
+    assert sorted(p.name for p in saved.glob("output_*.png")) == ["output_0.png", "output_1.png"]
+    assert np.array_equal(np.asarray(Image.open(saved / "output_1.png")), comp.results[1])
+    assert json.loads((saved / "settings.json").read_text())["seed"] == 7 and "saved to" in comp.message.value
+
+    first = list(comp.results)
+    comp.results_box.children[0].children[-1].click()  # an output becomes context 2
+    assert len(comp.contexts) == 2 and np.array_equal(comp.contexts[1]["image"], first[0])
+    comp.text.value, comp.seed.value, comp.num_images.value = "Something else with [ref#2]", 3, 1
+    comp.generate()
+    assert len(comp.history) == 2 and len(comp.history_box.children) == 2
+    comp.history_box.children[-1].children[1].children[0].click()  # restore run 1 (listed last)
+    assert comp.text.value == "Generate [ref#1] on a beach" and len(comp.contexts) == 1
+    assert comp.seed.value == 7 and comp.num_images.value == 2
+    assert all(np.array_equal(a, b) for a, b in zip(comp.results, first)) and len(comp.results) == 2
+    assert comp.save(tmp_path / "default_run", run=2).joinpath("output_0.png").exists()
+
+
+def test_stop_keeps_completed_images(comp):
+    comp.text.value = "a red circle on a beach"
+    comp.num_images.value = 4
+    comp.progress_callbacks.append(lambda done, total: comp.stop_button.click() if done == 1 else None)
+    run = comp.generate()
+    assert run.stopped and len(run.images) == 1 and len(comp.results) == 1 and comp.progress.value == 1
+    assert "stopped: 1/4" in comp.status.value and comp.history[-1] is run
+    assert comp.generate_button.disabled is False  # ready for the next run
+    comp.progress_callbacks.clear()
+    comp.num_images.value = 1
+    assert not comp.generate().stopped  # the stop flag does not leak into the next run
+
+
+def test_background_thread_run_and_failure_message(gen, tmp_path):
+    c = Composer(gen, out_dir=tmp_path, background=True, preview=True)
+    c.sampler.value, c.steps.value, c.num_images.value = "ddim", 2, 2
+    c.text.value = "a green square"
+    c.generate_button.click()
+    c.wait()
+    assert len(c.results) == 2 and len(c.history) == 1 and "done" in c.status.value
+    assert len(c.preview.outputs) == 1  # the preview (Fig. 2 style) was drawn into its Output
+    c.generator = type("Broken", (), {"generate": lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")),
+                                      "cfg": gen.cfg})()
+    c.generate(wait=True)
+    assert "generation failed" in c.message.value and "boom" in c.message.value and len(c.history) == 1
