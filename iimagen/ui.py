@@ -414,6 +414,13 @@ class Composer:
         except ValueError as e:
             self._say(str(e), "error")
 
+    def clear(self):
+        """Empty the text and remove every context."""
+        self.contexts = []
+        self._rebuild_contexts(refresh=False)
+        self.text.value = ""
+        self.refresh()
+
     def load_instruction(self, instruction: Instruction):
         """Replace text and contexts by `instruction`'s."""
         self.contexts = [{"image": c.image, "text": strip_marker(c.text), "kind": c.kind}
@@ -625,6 +632,8 @@ class Composer:
 
         import matplotlib.pyplot as plt
 
+        if not self.history:
+            raise ValueError("Composer.figure: no run yet; press Generate (or call generate()) first")
         r = self.history[(run or len(self.history)) - 1]
         ctx, outs = r.instruction.contexts, r.images
         n = len(ctx) + len(outs)

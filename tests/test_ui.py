@@ -46,8 +46,10 @@ def png(img) -> bytes:
 
 def fake_upload(widget, name, data):
     """What the browser sends, in the shape of this ipywidgets version."""
-    if V7:
-        value = {name: {"metadata": {"name": name, "type": "image/png", "size": len(data)}, "content": data}}
+    if V7:  # the 7.x frontend syncs metadata and data, then bumps _counter, which builds .value
+        widget.metadata, widget.data = [{"name": name, "type": "image/png", "size": len(data)}], [data]
+        widget._counter += 1
+        return
     else:
         value = ({"name": name, "type": "image/png", "size": len(data), "content": memoryview(data),
                   "last_modified": datetime.now(timezone.utc)},)
@@ -95,6 +97,8 @@ def test_invalid_instruction_shows_error_and_does_not_generate(comp):
     assert is_error(comp) and "[ref#2]" in comp.message.value and "only 0 contexts" in comp.message.value
     comp.generate_button.click()
     assert comp.results == [] and comp.history == [] and comp.text.value == "Render [ref#2] as a painting"
+    with pytest.raises(ValueError, match="no run yet"):
+        comp.figure()
     comp.text.value = "   "
     assert is_error(comp) and "non-empty" in comp.message.value
 
@@ -174,6 +178,9 @@ def test_generate_shows_results_save_and_history_restore(comp, tmp_path):
     assert comp.seed.value == 7 and comp.num_images.value == 2
     assert all(np.array_equal(a, b) for a, b in zip(comp.results, first)) and len(comp.results) == 2
     assert comp.save(tmp_path / "default_run", run=2).joinpath("output_0.png").exists()
+    assert len(comp.figure(1).axes) == 1 + 2  # run 1: one context, two outputs
+    comp.clear()
+    assert comp.contexts == [] and comp.text.value == "" and comp.context_box.children == ()
 
 
 def test_stop_keeps_completed_images(comp):

@@ -1,0 +1,113 @@
+"""Judges are right on renders with known answers and wrong on renders made to fail; score arithmetic; the table."""
+import json
+
+import numpy as np
+import pytest
+
+from iimagen import evaluate as E
+from iimagen import tasks as T
+from iimagen import world as W
+
+
+@pytest.fixture(scope="module")
+def judges():
+    return E.load_judges()  # data/judges/ (trained on first use)
+
+
+def _obj(shape="circle", colour="red", cx=0.5, cy=0.5, r=0.2, bg="white"):
+    scene = W.Scene(bg, (W.Obj(shape, colour, None, cx, cy, r, 0.0),))
+    img, rend = W.make(scene, 64)
+    return img, W.truth(rend)["objects"][0]
+
+
+def test_object_judge_colour_shape_position():
+    img, o = _obj("star", "blue")
+    assert E.judge_object(img, o)["score"] == 1.0
+    assert E.judge_object(img, dict(o, colour="red"))["score"] == 0.0           # wrong colour
+    assert E.judge_object(img, dict(o, position="in the top left"))["score"] == 0.0  # wrong place
+    assert E.judge_object(img, dict(o, shape="square"))["score"] == 0.5        # right colour + place, wrong shape
+
+
+def test_control_judges_follow_vs_ignored():
+    for task in ("edge_to_image", "mask_to_image", "depth_to_image", "sketch_to_image"):
+        ex = T.sample(task, 6, 3, 32, split="test")
+        kind = T.CONTROL_TASKS[task]
+        right = [E.judge_control(e.target, kind, e.instruction.contexts[0].image, e.truth["background"])["value"]
+                 for e in ex]
+        wrong = [E.judge_control(o.target, kind, e.instruction.contexts[0].image, e.truth["background"])["value"]
+                 for e, o in zip(ex, ex[1:] + ex[:1])]
+        assert np.mean(right) > np.mean(wrong) + 0.3, task
+        assert np.mean([E.grade(v, *E.THRESHOLDS[kind]) for v in right]) >= (0.6 if kind == "sketch" else 0.75), task
+
+
+def test_learned_judges_qualify_and_decide(judges):
+    rep = judges["report"]
+    assert rep["qualifies"]["style"] and rep["qualifies"]["subject"]
+    ex = T.sample("styled_generation", 6, 1, 32, split="test")
+    X = E.judge_features(np.stack([e.target for e in ex]))
+    assert all(E.judge_style(x, e.truth["style"], judges)["sc"] == 1.0 for x, e in zip(X, ex))
+    plain = E.judge_features(np.stack([W.make(e.truth and W.random_scene(np.random.default_rng(i)), 32)[0]
+                                       for i, e in enumerate(ex)]))
+    assert np.mean([E.judge_style(x, e.truth["style"], judges)["sc"] for x, e in zip(plain, ex)]) <= 0.2
+    sub = T.sample("subject", 6, 2, 32, split="test")
+    Xs = E.judge_features(np.stack([e.target for e in sub]))
+    right = [E.judge_subjects(x, e.truth["subjects"], judges)["sc"] for x, e in zip(Xs, sub)]
+    other = [E.judge_subjects(x, [n for n in W.HELD_OUT_SUBJECTS if n not in e.truth["subjects"]][:1], judges)["sc"]
+             for x, e in zip(Xs, sub)]
+    assert np.mean(right) >= 0.8 and np.mean(other) <= 0.2
+
+
+def test_scores_anchor_ground_truth_high_noise_and_wrong_low(judges):
+    ex = T.sample("mask_to_image", 8, 0, 32, split="test")
+    gt = E.score_examples(ex, [e.target for e in ex], judges)["summary"]
+    wrong = E.score_examples(ex, [e.target for e in ex[1:] + ex[:1]], judges)["summary"]
+    noise = E.score_examples(ex, [np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                                  for i in range(8)], judges)["summary"]
+    assert gt["o"] >= 0.7 and gt["pq"] >= 0.8
+    assert wrong["conditions"]["control"] <= 0.2 and noise["o"] == 0.0 and noise["pq"] == 0.0
+    assert gt["kid"] < noise["kid"]
+
+
+def test_sc_is_least_satisfied_and_o_formula(judges, monkeypatch):
+    ex = T.sample("edge_to_image", 1, 0, 32, split="test")[0]
+    monkeypatch.setattr(E, "judge_objects", lambda img, tr: {"sc": 0.5, "value": 0.5})
+    monkeypatch.setattr(E, "judge_control", lambda *a: {"sc": 1.0, "value": 1.0})
+    assert E.score_image(ex, ex.target, judges)["sc"] == 0.5
+    assert E.overall([1.0, 0.0, 0.5], [1.0, 1.0, 0.0]) == pytest.approx(np.sqrt(0.5 * 2 / 3))
+    assert E.averages({"a": {"sc": 1.0, "pq": 0.25}, "b": {"sc": 0.0, "pq": 0.75}}, ["a", "b"])["o"] == \
+        pytest.approx(np.sqrt(0.5 * 0.5))
+    assert [E.grade(v, 0.6, 0.3) for v in (0.7, 0.6, 0.45, 0.1)] == [1.0, 1.0, 0.5, 0.0]
+
+
+def test_no_instruction_batch_uses_caption_or_nothing():
+    from iimagen.configs import get_config
+    from iimagen.tokenizer import load_tokenizer
+
+    tok, cfg = load_tokenizer(), get_config("tiny")
+    st = T.sample("style_transfer", 1, 0, 32, split="test")
+    t2i = T.sample("text_to_image", 1, 0, 32, split="test")
+    assert E.no_instruction_text(st[0]) is None
+    assert not E.model_batch(st, tok, cfg, "no_instruction")["text_ids"].any()
+    b = E.model_batch(t2i, tok, cfg, "no_instruction")["text_ids"][0]
+    assert np.array_equal(b, tok.encode([t2i[0].truth["caption"]], cfg.text_len)[0])
+    assert not np.array_equal(b, E.model_batch(t2i, tok, cfg)["text_ids"][0])
+    with pytest.raises(ValueError, match="variant"):
+        E.model_batch(t2i, tok, cfg, "bogus")
+
+
+def test_cli_eval_on_random_model(tmp_path, monkeypatch):
+    from iimagen.checkpoint import random_model, save_model
+    from iimagen.configs import get_config
+    from iimagen.tokenizer import load_tokenizer
+
+    ck = tmp_path / "instruct-imagen-tiny"
+    save_model(ck, random_model(get_config("tiny")), {"variant": "instruct"})
+    rc = E.cli_eval(["--checkpoint", str(ck), "--out", str(tmp_path / "out"), "--n", "2", "--steps", "2",
+                     "--tasks", "text_to_image", "style_transfer"])
+    assert rc == 0
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())["results"]
+    assert scores["Instruct-Imagen"]["text_to_image"]["o"] <= 0.3
+    assert scores[E.GROUND_TRUTH]["text_to_image"]["o"] >= 0.5
+    assert "Instruct-Imagen" in (tmp_path / "out" / "table.md").read_text()
+    assert (tmp_path / "out" / "fig4.png").stat().st_size > 1000
+    assert E.cli_eval(["--checkpoint", str(ck), "--out", str(tmp_path / "o2"), "--n", "0"]) == 2
