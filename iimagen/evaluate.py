@@ -7,7 +7,7 @@ The paper scores every output by hand with ImagenHub's rubric [P §5.1]: **SC** 
 | condition | judge | kind |
 |---|---|---|
 | `objects` | each plain object of the caption (unstyled targets): its named colour's soft coverage inside its named 3x3 cell, then its shape by sub-pixel template match against the world's own silhouettes | analytic |
-| `control` | re-extract the control from the output (under a style: coarse-structure correlation with the control map, as `layout`): edge/sketch -> Canny of the output (`world.edge_map`), F1 with tolerance; mask -> foreground IoU (`world.mask_map` of the estimated foreground); depth -> foreground IoU + Spearman rank correlation | analytic |
+| `control` | re-extract the control from the output (under a style: coarse-structure correlation with the control map, as `layout`): edge/sketch -> Canny of the output (`world.edge_map`), F1 with tolerance; mask -> foreground IoU (`world.mask_map` of the estimated foreground); depth -> Spearman rank correlation with `depth_float` of the output's foreground (one layer) | analytic |
 | `layout` | style transfer keeps the content's layout: correlation of coarse structure maps with the content image | analytic |
 | `subject` | is each reference subject there (one-vs-rest logistic regression on `judge_features`) | learned |
 | `style` | is it the reference style (16-way softmax regression, "none" + 15 styles) | learned |
@@ -52,7 +52,7 @@ THRESHOLDS = {
     "edge": (0.5, 0.3),        # F1 of the output's Canny edges vs the edge map, 1 px tolerance (2 at >= 64 px)
     "sketch": (0.45, 0.3),     # same (weakest: Canny of the output also finds pattern edges), vs the sketch's contour lines
     "mask": (0.75, 0.5),       # IoU of the estimated foreground vs the mask
-    "depth": (0.75, 0.5),      # IoU of the estimated foreground vs depth's objects (rank correlation reported beside)
+    "depth": (0.8, 0.5),       # Spearman rank correlation of the depth map vs the world's depth of the output
     "layout": (0.6, 0.4),      # correlation of coarse structure with the content image
     "colour": 0.35,            # fraction of the expected object area found in the named colour, in its cell
     "prob": (0.5, 0.2),        # learned judges: probability of the asked class
@@ -264,9 +264,12 @@ def judge_control(img: np.ndarray, kind: str, control_img: np.ndarray, backgroun
         v = iou(out_mask, c > 0.5)
         return {"sc": grade(v, *THRESHOLDS["mask"]), "value": v}
     if kind == "depth":
-        v = iou(out_mask, c > 0.5 * (W.depth_value(0) + 0.25))  # objects are >= 0.55, the floor <= 0.25
-        dist = np.linalg.norm(_f(img) - W.background(background, R), axis=-1)
-        return {"sc": grade(v, *THRESHOLDS["depth"]), "value": v, "rank_corr": spearman(c, dist)}
+        from .world.controls import depth_float
+
+        redo = depth_float(_pseudo_render(img, fg))  # the world's depth of the output: its foreground as one layer
+        v = spearman(c, redo)
+        fg_iou = iou(out_mask, c > 0.5 * (W.depth_value(0) + 0.25))  # objects are >= 0.55, the floor <= 0.25
+        return {"sc": grade(v, *THRESHOLDS["depth"]), "value": v, "rank_corr": v, "iou": fg_iou}
     raise EvalError(f"control kind {kind!r} is unknown; use one of {', '.join(W.CONTROLS)}")
 
 
@@ -576,7 +579,8 @@ def score_image(ex: T.Example, img: np.ndarray, judges: dict | None = None, X: n
         per[name] = r
     judged = [r["sc"] for r in per.values() if r is not None]
     pq = judge_realism(X, judges)
-    return {"task": ex.task, "conditions": {k: (None if r is None else {"sc": r["sc"], "value": r["value"]})
+    keep = ("sc", "value", "iou")
+    return {"task": ex.task, "conditions": {k: (None if r is None else {q: r[q] for q in keep if q in r})
                                             for k, r in per.items()},
             "sc": min(judged) if judged else None, "pq": pq["pq"], "realism": pq["value"]}
 
@@ -618,7 +622,9 @@ def score_examples(examples: list, images: list, judges: dict | None = None) -> 
                "kid": kid(X, judge_features(targets)),
                "realism": float(np.mean([p["realism"] for p in per])),
                "conditions": {c: float(np.mean([p["conditions"][c]["sc"] for p in per
-                                                if p["conditions"].get(c) is not None] or [np.nan])) for c in conds}}
+                                                if p["conditions"].get(c) is not None] or [np.nan])) for c in conds},
+               "values": {c: float(np.mean([p["conditions"][c]["value"] for p in per
+                                            if p["conditions"].get(c) is not None] or [np.nan])) for c in conds}}
     return {"summary": summary, "examples": per}
 
 
