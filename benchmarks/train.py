@@ -40,12 +40,12 @@ def fake_batch(cfg, batch, rng=0):
 def kit_case(config, batch, dtype):
     from iimagen import train as T
     from iimagen.configs import get_config
-    from iimagen.model import InstructImagen, flops_per_image
+    from iimagen.model import flops_per_image
     from iimagen.tasks import TASK_NAMES
 
     cfg = get_config(config, dtype=dtype)
     tc = T.TrainConfig(config=config, stage=2, batch_size=batch).resolved()
-    model = InstructImagen(cfg, rngs=nnx.Rngs(0))
+    model = T.create_model(cfg, 0)  # initialisers compiled as one program (eager init is slow on a GPU host)
     graphdef, params = nnx.split(model, nnx.Param)
     tx = T.make_optimizer(tc)
     mesh = T.make_mesh()

@@ -56,7 +56,6 @@ THRESHOLDS = {
     "layout": (0.6, 0.4),      # correlation of coarse structure with the content image
     "colour": 0.35,            # fraction of the expected object area found in the named colour, in its cell
     "prob": (0.5, 0.2),        # learned judges: probability of the asked class
-    "pq": (0.5, 0.2),          # realism probability
 }
 
 
@@ -353,28 +352,35 @@ def _predict(judge: dict, X: np.ndarray) -> np.ndarray:
 DEGRADATIONS = ("noise", "blur", "ghost", "field", "static")
 
 
-def degrade(img: np.ndarray, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
-    """A degraded copy of a uint8 image: 'noise' (Gaussian, sigma 0.08-0.4), 'blur' (2-5 passes of a 3x3 box),
-    'ghost' (blended with a shifted copy), 'field' (smooth random colour field blended in), 'static' (pure noise)."""
+def degrade(img: np.ndarray, rng: np.random.Generator, kind: str | None = None, level: str = "severe") -> np.ndarray:
+    """A degraded copy of a uint8 image. kind: 'noise' (Gaussian), 'blur' (passes of a 3x3 box), 'ghost' (blended
+    with a shifted copy), 'field' (a smooth random colour field blended in), 'static' (pure noise; severe only).
+    level 'mild' (PQ 0.5: recognisable with artifacts): sigma 0.03-0.08, 1 pass, 15-30 % blends;
+    'severe' (PQ 0): sigma 0.12-0.4, 3-5 passes, 45-90 % blends."""
     from .world.styles import _blur
 
-    kind = kind or str(rng.choice(DEGRADATIONS))
+    if level not in ("mild", "severe"):
+        raise EvalError(f"degrade level {level!r} is unknown; use 'mild' or 'severe'")
+    mild = level == "mild"
+    kind = kind or str(rng.choice(DEGRADATIONS[:4] if mild else DEGRADATIONS))
     x = img.astype(np.float32) / 255.0
     R = x.shape[0]
     if kind == "noise":
-        y = x + rng.normal(0, rng.uniform(0.08, 0.4), x.shape)
+        y = x + rng.normal(0, rng.uniform(0.03, 0.08) if mild else rng.uniform(0.12, 0.4), x.shape)
     elif kind == "blur":
-        y = _blur(x, int(rng.integers(2, 6)))
+        y = _blur(x, 1 if mild else int(rng.integers(3, 6)))
     elif kind == "ghost":
-        y = 0.5 * x + 0.5 * np.roll(x, tuple(rng.integers(R // 8, R // 2, 2)), axis=(0, 1))
+        a = rng.uniform(0.15, 0.3) if mild else rng.uniform(0.45, 0.55)
+        y = (1 - a) * x + a * np.roll(x, tuple(rng.integers(R // 8, R // 2, 2)), axis=(0, 1))
     elif kind == "field":
         f = _blur(rng.random((R, R, 3)).astype(np.float32), int(rng.integers(1, 4)))
-        a = rng.uniform(0.4, 0.9)
+        a = rng.uniform(0.15, 0.3) if mild else rng.uniform(0.45, 0.9)
         y = (1 - a) * x + a * (f - f.mean() + 0.5)
-    elif kind == "static":
+    elif kind == "static" and not mild:
         y = rng.random(x.shape)
     else:
-        raise EvalError(f"degrade kind {kind!r} is unknown; use noise, blur, ghost, field or static")
+        raise EvalError(f"degrade kind {kind!r} is unknown at level {level!r}; use noise, blur, ghost, field "
+                        "(or static, severe only)")
     return W.to_uint8(np.asarray(y, np.float32))
 
 
@@ -440,15 +446,15 @@ def train_judges(folder=None, n_train: int = 1200, n_test: int = 300, seed: int 
     t_img, _, t_style = _judge_data(n_train, seed + 10)
     Xt, reps = feats(t_img, True)
     style = _fit_logistic(Xt, np.eye(len(STYLE_CLASSES))[np.tile(t_style, reps)], multilabel=False)
-    # realism: clean renders vs degraded copies of them
+    # realism (PQ): three levels, as the rubric: severe degradation (0), mild (0.5), clean render (1)
     Xr = np.concatenate([judge_features(t_img[R]) for R in t_img])
-    Xf = np.concatenate([judge_features(np.stack([degrade(im, rng) for im in t_img[R]])) for R in t_img])
-    realism = _fit_logistic(np.concatenate([Xr, Xf]),
-                            np.concatenate([np.ones((len(Xr), 1)), np.zeros((len(Xf), 1))]), multilabel=True)
+    Xd = [np.concatenate([judge_features(np.stack([degrade(im, rng, level=lv) for im in t_img[R]])) for R in t_img])
+          for lv in ("severe", "mild")]
+    realism = _fit_logistic(np.concatenate(Xd + [Xr]), np.repeat(np.eye(3), len(Xr), axis=0), multilabel=False)
     te_img, te_subj, te_style = _judge_data(n_test, seed + 1)
     judges = {"subject": dict(subject, multilabel=True, classes=np.asarray(W.SUBJECT_NAMES)),
               "style": dict(style, multilabel=False, classes=np.asarray(STYLE_CLASSES)),
-              "realism": dict(realism, multilabel=True, classes=np.asarray(["real"]))}
+              "realism": dict(realism, multilabel=False, classes=np.asarray(["severe", "mild", "clean"]))}
     report = validate_judges(judges, te_img, te_subj, te_style, seed + 3)
     for name, j in judges.items():
         np.savez(folder / f"{name}.npz", **j)
@@ -462,7 +468,7 @@ def train_judges(folder=None, n_train: int = 1200, n_test: int = 300, seed: int 
 def validate_judges(judges: dict, images: dict, subj: list, style: np.ndarray, seed: int) -> dict:
     """Accuracy of each learned judge on held-out renders per resolution, clean and degraded (noise sigma 0.05,
     one blur pass): subject = every (image, subject) presence decision right on unstyled renders; style = top-1
-    of 16; realism = clean renders called real and degraded ones (the training degradations) called fake."""
+    of 16; realism = the level (clean / mild / severe degradation, `degrade`) right."""
     rng = np.random.default_rng(seed)
     from .world.styles import _blur
 
@@ -483,21 +489,22 @@ def validate_judges(judges: dict, images: dict, subj: list, style: np.ndarray, s
                 Y[i, [W.SUBJECT_NAMES.index(n) for n in names]] = True
             rep.setdefault("subject", {})[key] = float(np.mean(np.all((ps >= 0.5) == Y, axis=1)[un]))
             rep.setdefault("style", {})[key] = float(np.mean(_predict(judges["style"], X).argmax(1) == style))
-            real = _predict(judges["realism"], X)[:, 0]
             if cond == "clean":
-                rep.setdefault("realism", {})[key + "_real"] = float(np.mean(real >= 0.5))
-                for kind in DEGRADATIONS:
-                    fake = np.stack([degrade(im, rng, kind) for im in imgs])
-                    pf = _predict(judges["realism"], judge_features(fake))[:, 0]
-                    rep["realism"][f"{key}_{kind}_called_fake"] = float(np.mean(pf < 0.5))
-            else:
-                rep.setdefault("realism", {})[key + "_called_real"] = float(np.mean(real >= 0.5))
+                lv = {"clean": _predict(judges["realism"], X).argmax(1)}
+                for level in ("mild", "severe"):
+                    lv[level] = _predict(judges["realism"], judge_features(
+                        np.stack([degrade(im, rng, level=level) for im in imgs]))).argmax(1)
+                want = {"severe": 0, "mild": 1, "clean": 2}
+                for level, got in lv.items():
+                    rep.setdefault("realism", {})[f"{key}_{level}_right"] = float(np.mean(got == want[level]))
+                    rep["realism"][f"{key}_{level}_off_by_two"] = float(np.mean(np.abs(got - want[level]) == 2))
     rep["qualifies"] = {k: bool(min(v for kk, v in rep[k].items() if kk.endswith("clean")) >= QUALIFY)
                         for k in ("subject", "style")}
-    # realism: clean renders called real, and the strong degradations (noise, static, smooth fields) called fake;
-    # blur and ghosting are reported beside (a linear judge catches only ~85 % of them: PQ is lenient there)
-    rep["qualifies"]["realism"] = bool(min(v for kk, v in rep["realism"].items() if "clean" in kk and (
-        kk.endswith("_real") or any(f"_{d}_" in kk for d in ("noise", "static", "field")))) >= QUALIFY)
+    # realism: the three levels right, and a clean render never called severe nor a severe one clean
+    rr = rep["realism"]
+    rep["qualifies"]["realism"] = bool(min(v for kk, v in rr.items() if kk.endswith("_clean_right") or
+                                           kk.endswith("_severe_right")) >= QUALIFY
+                                       and max(v for kk, v in rr.items() if kk.endswith("off_by_two")) <= 1 - QUALIFY)
     return rep
 
 
@@ -527,8 +534,9 @@ def judge_style(X: np.ndarray, style: str, judges: dict) -> dict:
 
 
 def judge_realism(X: np.ndarray, judges: dict) -> dict:
-    v = float(_predict(judges["realism"], X[None])[0, 0])
-    return {"pq": grade(v, *THRESHOLDS["pq"]), "value": v}
+    """PQ = the most probable level (severe 0, mild 0.5, clean 1); value = the expected PQ."""
+    p = _predict(judges["realism"], X[None])[0]
+    return {"pq": (0.0, 0.5, 1.0)[int(p.argmax())], "value": float(0.5 * p[1] + p[2])}
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
