@@ -95,19 +95,49 @@ def test_no_instruction_batch_uses_caption_or_nothing():
         E.model_batch(t2i, tok, cfg, "bogus")
 
 
-def test_cli_eval_on_random_model(tmp_path, monkeypatch):
-    from iimagen.checkpoint import random_model, save_model
+def test_generate_no_instruction_model_runs():
+    from iimagen.checkpoint import random_model
     from iimagen.configs import get_config
+    from iimagen.diffusion import Guidance
+    from iimagen.pipeline import Generator
     from iimagen.tokenizer import load_tokenizer
 
-    ck = tmp_path / "instruct-imagen-tiny"
-    save_model(ck, random_model(get_config("tiny")), {"variant": "instruct"})
-    rc = E.cli_eval(["--checkpoint", str(ck), "--out", str(tmp_path / "out"), "--n", "2", "--steps", "2",
+    gen = Generator(random_model(get_config("tiny")), load_tokenizer(), {"variant": "no_instruction"})
+    assert E.model_variant(gen) == "no_instruction"
+    ex = T.sample("style_transfer", 2, 0, 32, split="test")
+    out = E.generate(gen, ex, steps=1, guidance=Guidance.none())
+    assert len(out) == 2 and out[0].shape == (32, 32, 3) and out[0].dtype == np.uint8
+
+
+def test_cli_eval_writes_table_and_groups_single_task(tmp_path, monkeypatch):
+    from iimagen import pipeline
+    from iimagen.configs import get_config
+
+    class Fake:  # a stand-in Generator: the CLI's plumbing without compiling a sampler
+        def __init__(self, variant):
+            self.cfg, self.meta = get_config("tiny"), {"variant": variant}
+
+    metas = {"instruct-imagen-tiny": "instruct", "multitask-tiny": "no_instruction",
+             "single-t2i": "single_task=text_to_image"}
+    seen = []
+    monkeypatch.setattr(pipeline.Generator, "load", classmethod(lambda cls, d: Fake(metas[d.split("/")[-1]])))
+
+    def fake_generate(gen, exs, **kw):
+        seen.append((gen.meta["variant"], exs[0].task))
+        return [np.full((32, 32, 3), 128, np.uint8) for _ in exs]
+
+    monkeypatch.setattr(E, "generate", fake_generate)
+    dirs = [str(tmp_path / k) for k in metas]
+    rc = E.cli_eval(["--checkpoint", dirs[0], "--baselines", *dirs[1:], "--out", str(tmp_path / "out"), "--n", "2",
                      "--tasks", "text_to_image", "style_transfer"])
     assert rc == 0
-    scores = json.loads((tmp_path / "out" / "scores.json").read_text())["results"]
-    assert scores["Instruct-Imagen"]["text_to_image"]["o"] <= 0.3
-    assert scores[E.GROUND_TRUTH]["text_to_image"]["o"] >= 0.5
-    assert "Instruct-Imagen" in (tmp_path / "out" / "table.md").read_text()
+    res = json.loads((tmp_path / "out" / "scores.json").read_text())["results"]
+    assert set(res) == {E.GROUND_TRUTH, E.NOISE, "Instruct-Imagen", "Multi-task (no instruction)", "Single-task"}
+    assert res["Single-task"]["style_transfer"] is None and res["Single-task"]["text_to_image"]["pq"] == 0.0
+    assert ("single_task=text_to_image", "style_transfer") not in seen
+    assert res[E.GROUND_TRUTH]["text_to_image"]["o"] >= 0.5 and res[E.NOISE]["text_to_image"]["o"] == 0.0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "Instruct-Imagen" in table and "Zero-shot" not in table and "In-domain avg" in table
     assert (tmp_path / "out" / "fig4.png").stat().st_size > 1000
-    assert E.cli_eval(["--checkpoint", str(ck), "--out", str(tmp_path / "o2"), "--n", "0"]) == 2
+    assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o2"), "--n", "0"]) == 2
+    assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o2"), "--tasks", "bogus"]) == 2
