@@ -5,8 +5,8 @@
 
 The kit's step is exactly `iimagen.train`'s: the full Instruct-Imagen forward (text encoder, context encoder over K
 slots, UNet with text and context cross-attention), the v-prediction loss, Adafactor, EMA. The peer is diffusers'
-`FlaxUNet2DConditionModel` (0.39.x) at about the kit model's forward FLOPs, trained with the same loss and optimizer
-(plain text conditioning: it has no context branch). FLOPs are XLA's own count of the compiled step; utilisation is
+`FlaxUNet2DConditionModel` (0.39.x) at about the kit model's forward FLOPs (found by benchmarks/sampling.py's
+search), trained with the same loss and optimizer (plain text conditioning: it has no context branch). FLOPs are XLA's own count of the compiled step; utilisation is
 against the device's measured matmul peak (bf16 on an accelerator, float32 on CPU). Batches are random arrays of the
 right shapes, so the input pipeline is not measured here (see benchmarks/data.py). One JSON line per case.
 """
@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common import device_name, emit, matched_peer_width, matmul_peak, peer_unet, timeit, xla_flops
+from common import device_name, emit, matmul_peak, timeit, xla_flops
 
 
 def fake_batch(cfg, batch, rng=0):
@@ -62,10 +62,13 @@ def kit_case(config, batch, dtype):
 
 
 def peer_case(cfg, batch, dtype, target_fwd_flops):
-    width, fwd = matched_peer_width(target_fwd_flops, cfg.resolution, cfg.text_width, cfg.text_len)
-    unet = peer_unet(width, cfg.resolution, cfg.text_width, dtype=jnp.dtype(dtype))
-    R = cfg.resolution
-    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, 3, R, R)), jnp.float32)
+    """The peer found by `benchmarks/sampling.py`'s FLOP-matching search, trained with the kit's loss and optimizer."""
+    from sampling import peer
+
+    variant, fwd, unet, _ = peer(cfg, target_fwd_flops)
+    unet = unet.clone(dtype=jnp.dtype(dtype))
+    size, chans = variant["sample_size"], variant["in_channels"]  # pixel-unshuffled input when the search chose it
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, chans, size, size)), jnp.float32)
     ctx = jnp.asarray(np.random.default_rng(1).normal(size=(batch, cfg.text_len, cfg.text_width)), jnp.float32)
     params = unet.init(jax.random.key(0), x, jnp.zeros((batch,)), ctx)["params"]
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adafactor(1e-4, momentum=0.9,
@@ -91,7 +94,7 @@ def peer_case(cfg, batch, dtype, target_fwd_flops):
     flops = xla_flops(jstep.lower(state, key).compile())
     s = timeit(lambda st: jstep(st, key)[1], state)
     n_params = sum(p.size for p in jax.tree.leaves(params))
-    return {"model": f"diffusers FlaxUNet2DConditionModel (width {width})", "params_M": n_params / 1e6,
+    return {"model": f"diffusers FlaxUNet2DConditionModel {variant}", "params_M": n_params / 1e6,
             "fwd_gflops_per_image": fwd / 1e9, "step_s": s, "images_per_s": batch / s, "tflops": flops / s / 1e12,
             "step_gflops": flops / 1e9}
 
