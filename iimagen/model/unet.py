@@ -249,7 +249,8 @@ def attach_context(model_t2i: InstructImagen, rngs: nnx.Rngs | None = None) -> I
     cross-attention at identity (zero output projection), so outputs are equal to the last bit."""
     if model_t2i.cfg.use_context:
         raise ModelInputError("attach_context: the model already has a context branch (cfg.use_context=True)")
-    model = InstructImagen(dataclasses.replace(model_t2i.cfg, use_context=True), rngs or nnx.Rngs(0))
+    cfg, rngs = dataclasses.replace(model_t2i.cfg, use_context=True), rngs or nnx.Rngs(0)
+    model = nnx.jit(lambda r: InstructImagen(cfg, r))(rngs)  # one compiled init, not one per parameter shape
     nnx.update(model, nnx.state(model_t2i))          # a partial state: only the shared paths are replaced
     return model
 
