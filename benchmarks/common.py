@@ -9,13 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def xla_flops(compiled) -> float:
-    """FLOPs of a lowered or compiled computation from XLA's own cost analysis (a dict, or a list of dicts)."""
-    ca = compiled.cost_analysis()
-    if isinstance(ca, (list, tuple)):
-        ca = ca[0] if ca else {}
-    return float((ca or {}).get("flops", float("nan")))
+from iimagen.model.unet import xla_flops  # noqa: F401  (re-exported for the benchmarks)
 
 
 def timeit(fn, *args, warmup: int = 2, min_time: float = 2.0, max_iters: int = 200) -> float:

@@ -676,7 +676,7 @@ def model_variant(gen) -> str:
 
 
 def generate(gen, examples: list, variant: str | None = None, sampler: str = "ddim", steps: int | None = 50,
-             seed: int = 0, batch_size: int = 16, guidance=None) -> list[np.ndarray]:
+             seed: int = 0, batch_size: int = 16, guidance=None, clip: str = "dynamic") -> list[np.ndarray]:
     """Outputs of a `pipeline.Generator` for `examples`, each with its own key (seed, index) as Generator.generate,
     with the text the model was trained on (`model_batch`)."""
     import jax
@@ -695,7 +695,7 @@ def generate(gen, examples: list, variant: str | None = None, sampler: str = "dd
         if not cfg.use_context:
             b = {"text_ids": b["text_ids"]}
         keys = jax.vmap(lambda k: jax.random.fold_in(root, k))(np.arange(s, s + len(pad), dtype=np.uint32))
-        x = diffusion.sample(gen.model, b, keys, sampler=sampler, steps=steps, guidance=guidance)
+        x = diffusion.sample(gen.model, b, keys, sampler=sampler, steps=steps, guidance=guidance, clip=clip)
         out += list(to_uint8(x)[:len(chunk)])
     return out
 
@@ -717,7 +717,7 @@ def display_name(folder) -> str:
 def evaluate_models(models: dict, tasks=IN_DOMAIN + ZERO_SHOT, n: int = 16, seed: int = 0,
                     resolution: int | None = None, sampler: str = "ddim", steps: int | None = 50,
                     anchors: bool = True, judges: dict | None = None, progress: bool = True,
-                    guidance=None) -> dict:
+                    guidance=None, clip: str = "dynamic") -> dict:
     """{model name: {task: summary}} for `models` {name: Generator} on `n` test-split examples per task (held-out
     subjects and styles), plus the anchors: the ground-truth targets (near 1) and random noise (near 0). A value may
     be a dict {task: Generator} (the single-task baselines: one model per task). A model that cannot take a task's
@@ -744,7 +744,7 @@ def evaluate_models(models: dict, tasks=IN_DOMAIN + ZERO_SHOT, n: int = 16, seed
                 res[name][task] = None
                 continue
             imgs = [_resize_u8(i, R) for i in generate(gen, exs, sampler=sampler, steps=steps, seed=seed,
-                                                       guidance=guidance)]
+                                                       guidance=guidance, clip=clip)]
             res[name][task] = score_examples(exs, imgs, judges)["summary"]
     return res
 
@@ -824,6 +824,7 @@ def cli_eval(argv=None) -> int:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", default="paper", help="'paper' (w=25, oscillating), 'none', or a scale w")
+    p.add_argument("--clip", default="dynamic", help="x0 thresholding while sampling: dynamic (Imagen), static, none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", nargs="*", default=None, help="default: all in-domain and zero-shot tasks")
     a = p.parse_args(argv)
@@ -843,10 +844,10 @@ def cli_eval(argv=None) -> int:
                 continue
             name = display_name(d)
             models[name if name not in models else Path(d).name] = gen
-        from .pipeline import _parse_guidance
+        from .pipeline import parse_guidance
 
         res = evaluate_models(models, tasks, a.n, a.seed, sampler=a.sampler, steps=a.steps,
-                              guidance=_parse_guidance(a.guidance, None, None))
+                              guidance=parse_guidance(a.guidance, None, None), clip=a.clip)
     except (ValueError, FileNotFoundError) as e:
         print(f"iimagen eval: {e}", file=sys.stderr)
         return 2
@@ -854,7 +855,7 @@ def cli_eval(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table_markdown(res))
     (out / "scores.json").write_text(json.dumps({"results": res, "n": a.n, "sampler": a.sampler, "steps": a.steps,
-                                                 "seed": a.seed, "judges": load_judges()["report"]}, indent=1))
+                                                 "guidance": a.guidance, "clip": a.clip, "seed": a.seed, "judges": load_judges()["report"]}, indent=1))
     plot_fig4(res, out / "fig4.png")
     print(json.dumps({"out": str(out), "models": list(res), "tasks": len(tasks)}))
     return 0

@@ -132,7 +132,9 @@ class Generator:
 # ---------------------------------------------------------------------------------------------------------------------
 # `iimagen sample`
 # ---------------------------------------------------------------------------------------------------------------------
-def _parse_guidance(text: str, context: float | None, oscillate: bool | None) -> Guidance:
+def parse_guidance(text: str, context: float | None = None, oscillate: bool | None = None) -> Guidance:
+    """A `Guidance` from the command line's words: `paper` (w = 25, oscillating), `none`, or a number w (plain CFG);
+    `context` gives a separate context scale, `oscillate` turns the paper's every-other-step schedule on or off."""
     if text == "paper":
         if context is not None:
             return Guidance.separate(25.0, context, oscillate=True if oscillate is None else oscillate)
@@ -186,7 +188,7 @@ def cli_sample(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     a = p.parse_args(argv)
     try:
-        guidance = _parse_guidance(a.guidance, a.context_guidance, a.oscillate)
+        guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate)
         named = find_instructions(a.instruction)
         instructions = [Instruction.load(path) for _, path in named]
         gen = Generator.load(a.checkpoint)

@@ -49,7 +49,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from iimagen import checkpoint as ckpt_lib
 from iimagen import diffusion
 from iimagen.configs import ModelConfig, get_config
-from iimagen.model import InstructImagen, attach_context
+from iimagen.model import InstructImagen, grow
 
 
 class TrainError(ValueError):
@@ -122,12 +122,21 @@ def build_model(tc: TrainConfig) -> InstructImagen:
     if not tc.init:
         raise TrainError(f"stage {tc.stage} starts from an earlier stage: pass --init WORKDIR_OR_CHECKPOINT "
                          f"(stage 1 from a stage-0 run, stage 2 from a stage-1 run)")
+    # Stages 1 and 2 keep the weights' layout; the only change is adding parts that start at identity.
+    added = parse_overrides(tc.override)
+    if set(added) - {"input_skip"}:
+        raise TrainError(f"--override {tc.override!r}: stage {tc.stage} keeps the --init model's layout; only "
+                         "input_skip=true|false (a part added at identity) can be set here")
     model, _, meta = load_any(tc.init)
     if model.cfg.name != tc.config:
         raise TrainError(f"--init {tc.init} holds a {model.cfg.name!r} model but --config is {tc.config!r}; "
                          f"use --config {model.cfg.name} or another --init")
-    if not model.cfg.use_context:
-        model = attach_context(model, rngs=nnx.Rngs(tc.seed + 1))
+    # From stage 0: the context branch, at identity. The config's input skip, at identity, if --init lacks it.
+    changes = {} if model.cfg.use_context else {"use_context": True}
+    if added.get("input_skip", get_config(tc.config).input_skip) and not model.cfg.input_skip:
+        changes["input_skip"] = True
+    if changes:
+        model = grow(model, rngs=nnx.Rngs(tc.seed + 1), **changes)
     if overrides:
         model.cfg = dataclasses.replace(model.cfg, **overrides)  # compute dtype only; weights unchanged
     return model
@@ -404,7 +413,8 @@ def _argv_of(tc: TrainConfig) -> list[str]:
     return out
 
 
-def parse_args(argv: list[str]) -> TrainConfig:
+def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
+    """(TrainConfig, show a progress bar) from `iimagen train` arguments."""
     p = argparse.ArgumentParser(prog="iimagen train", description=__doc__.split("\n")[0])
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -419,15 +429,13 @@ def parse_args(argv: list[str]) -> TrainConfig:
     if a.distributed:
         jax.distributed.initialize()
     kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
-    tc = TrainConfig(**kw)
-    tc._progress = not a.no_progress
-    return tc
+    return TrainConfig(**kw), not a.no_progress
 
 
 def cli_train(argv: list[str]) -> int:
     try:
-        tc = parse_args(argv)
-        summary = train(tc, progress=getattr(tc, "_progress", True))
+        tc, progress = parse_args(argv)
+        summary = train(tc, progress=progress)
     except (TrainError, ckpt_lib.CheckpointError) as e:
         print(f"iimagen train: {e}", file=sys.stderr)
         return 2

@@ -169,6 +169,28 @@ def test_identity_at_birth():
         t2i.encode_context(b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
 
 
+def test_input_skip_starts_at_identity_and_carries_full_resolution():
+    """attach_context(..., input_skip=True) adds the zero-initialised full-resolution skip: outputs stay bit-equal,
+    and the skip still learns (non-zero gradient at zero) and acts once non-zero."""
+    t2i = InstructImagen(dataclasses.replace(MICRO, use_context=False), nnx.Rngs(0))
+    b = make_batch(MICRO)
+    model = attach_context(t2i, nnx.Rngs(5), input_skip=True)
+    assert model.cfg.input_skip and float(jnp.abs(model.input_skip.kernel.value).max()) == 0.0
+    f = jit_method(model, lambda m, b: m(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"]))
+    f0 = jit_method(t2i, lambda m, b: m(b["x"], b["t"], b["text_ids"]))
+    np.testing.assert_array_equal(np.asarray(f(b)), np.asarray(f0(b)))
+    # It learns from zero: the loss has a non-zero gradient on its kernel, and a non-zero kernel changes the output.
+    def loss(m):
+        return jnp.mean(m(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"]) ** 2)
+    grads = nnx.grad(loss)(model)
+    assert float(jnp.abs(grads.input_skip.kernel.value).max()) > 1e-6
+    model.input_skip.kernel.value = 0.5 * jnp.eye(MICRO.channels)[None, None]
+    f = jit_method(model, lambda m, b: m(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"]))
+    assert float(jnp.abs(f(b) - f0(b)).max()) > 1e-3
+    with pytest.raises(ModelInputError, match="only parts that start at identity"):
+        attach_context(t2i, nnx.Rngs(5), channels=8)
+
+
 def test_gradients_reach_shared_encoder_through_context(micro):
     """A loss on the context tokens alone has non-zero gradients on the shared encoder and text encoder weights
     (that the denoiser's output depends on the context tokens is test_padded_slot_changes_nothing's last check)."""

@@ -43,7 +43,9 @@ def chain(tmp_path_factory):
     """Stage 0 -> 1 -> 2 of the micro model, a few steps each, in-process."""
     root = tmp_path_factory.mktemp("chain")
     out = {}
-    out[0] = train(TrainConfig(stage=0, workdir=str(root / "s0"), override=MICRO, steps=6, batch_size=8,
+    # Stage 0 without the input skip, as the shipped stage0-tiny: stage 1 then adds it at identity (with the context).
+    out[0] = train(TrainConfig(stage=0, workdir=str(root / "s0"), override=MICRO + ",input_skip=false", steps=6,
+                               batch_size=8,
                                log_every=2, ckpt_every=3), progress=False)
     out[1] = train(TrainConfig(stage=1, workdir=str(root / "s1"), init=str(root / "s0"), steps=4, batch_size=8, pool_size=64,
                                log_every=2), progress=False)
@@ -61,10 +63,17 @@ def test_stages_chain_and_export(chain):
         recs = read_metrics(root / f"s{stage}")
         assert recs and all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in recs)
         model, tok, meta = load_model(root / f"s{stage}" / "export")
-        assert model.cfg.use_context == (stage > 0)
+        assert model.cfg.use_context == (stage > 0) and model.cfg.input_skip == (stage > 0)
         assert meta["stage"] == stage and meta["steps"] == out[stage]["steps"]
     # stage 2 logs a loss per task of the mixture
     assert len(read_metrics(root / "s2")[-1]["task_loss"]) >= 2
+
+
+def test_later_stages_only_add_parts_at_identity(chain, tmp_path):
+    root, _ = chain
+    with pytest.raises(TrainError, match="keeps the --init model's layout"):
+        train(TrainConfig(stage=2, workdir=str(tmp_path / "x"), init=str(root / "s1"), override="channels=8",
+                          steps=1, batch_size=8), progress=False)
 
 
 def test_wrong_config_checkpoint_is_a_clear_error(chain):

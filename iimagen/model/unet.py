@@ -129,6 +129,12 @@ class InstructImagen(nnx.Module):
         # Up-sampling decoder, lowest level first.
         self.decoder = module_list([UpLevel(chans[l], chans[l - 1] if l else c0, emb, cfg,
                                             attn=l in cfg.attn_levels, rngs=rngs) for l in reversed(range(L))])
+        # Full-resolution skip (the kit's addition, off in the paper's layout): every Efficient-UNet level starts
+        # with a stride-2 down-sampling, so nothing but the input conv sees x_t at full resolution and the output
+        # head must guess per-pixel noise from half-resolution features. A zero-initialised 1x1 conv from the input
+        # conv's features into the head fixes that, and leaves a model it is added to unchanged (identity at birth).
+        if cfg.input_skip:
+            self.input_skip = nnx.Conv(c0, c0, (1, 1), kernel_init=nnx.initializers.zeros, **lin)
         self.out_norm = nnx.GroupNorm(c0, num_groups=cfg.norm_groups, dtype=jnp.float32, rngs=rngs)
         self.out_conv = nnx.Conv(c0, 3, (3, 3), **lin)
         if cfg.use_context:
@@ -155,9 +161,10 @@ class InstructImagen(nnx.Module):
 
     # ---- the two halves of the UNet ------------------------------------------------------------------------------
     def _encode(self, x, emb, text, ctx, probe=None):
-        """The down-sampling encoder: returns the lowest-resolution feature map and the skips."""
+        """The down-sampling encoder: returns the lowest-resolution feature map and the skips (the first skip is the
+        input conv's full-resolution features, used by the output head when cfg.input_skip)."""
         h = self.conv_in(x.astype(_dtype(self.cfg)))
-        skips = []
+        skips = [h]
         for l, level in enumerate(self.encoder):
             h = level.down(h)
             for i, block in enumerate(level.blocks):
@@ -172,6 +179,9 @@ class InstructImagen(nnx.Module):
                 h = block(jnp.concatenate([h, skips.pop()], axis=-1), emb, text, ctx, f"UBlock-{L - j}.{i + 1}",
                           probe)
             h = level.up(h)
+        h0 = skips.pop()
+        if self.cfg.input_skip:
+            h = h + self.input_skip(h0)
         return self.out_conv(nnx.swish(self.out_norm(h)).astype(_dtype(self.cfg))).astype(jnp.float32)
 
     # ---- context encoding (paper §3.1): once per sample, never inside the step loop ------------------------------
@@ -244,15 +254,30 @@ class InstructImagen(nnx.Module):
 
 
 # ---- stage 0 -> stage 1 ----------------------------------------------------------------------------------------
-def attach_context(model_t2i: InstructImagen, rngs: nnx.Rngs | None = None) -> InstructImagen:
+def attach_context(model_t2i: InstructImagen, rngs: nnx.Rngs | None = None, **changes) -> InstructImagen:
     """The context model built from a text-to-image model: every shared weight copied, the new context
-    cross-attention at identity (zero output projection), so outputs are equal to the last bit."""
+    cross-attention at identity (zero output projection), so outputs are equal to the last bit.
+
+    `changes` may also switch on the other part that starts at identity, `input_skip=True` (see `grow`)."""
     if model_t2i.cfg.use_context:
         raise ModelInputError("attach_context: the model already has a context branch (cfg.use_context=True)")
-    cfg, rngs = dataclasses.replace(model_t2i.cfg, use_context=True), rngs or nnx.Rngs(0)
-    model = nnx.jit(lambda r: InstructImagen(cfg, r))(rngs)  # one compiled init, not one per parameter shape
-    nnx.update(model, nnx.state(model_t2i))          # a partial state: only the shared paths are replaced
-    return model
+    return grow(model_t2i, rngs, use_context=True, **changes)
+
+
+GROWABLE = ("use_context", "input_skip")  # config switches whose new parts are zero-initialised
+
+
+def grow(model: InstructImagen, rngs: nnx.Rngs | None = None, **changes) -> InstructImagen:
+    """`model` with new parts switched on (`use_context=True`, `input_skip=True`), each zero-initialised, every
+    existing weight copied: the outputs are bit-equal to the old model's until training moves the new parts."""
+    bad = sorted(k for k, v in changes.items() if k not in GROWABLE or v is not True)
+    if bad:
+        raise ModelInputError(f"grow: cannot change {bad}; only parts that start at identity can be switched on: "
+                              + ", ".join(f"{k}=True" for k in GROWABLE))
+    cfg, rngs = dataclasses.replace(model.cfg, **changes), rngs or nnx.Rngs(0)
+    new = nnx.jit(lambda r: InstructImagen(cfg, r))(rngs)  # one compiled init, not one per parameter shape
+    nnx.update(new, nnx.state(model))                # a partial state: only the shared paths are replaced
+    return new
 
 
 # ---- sizes and costs -------------------------------------------------------------------------------------------
@@ -297,10 +322,12 @@ def param_table(cfg: ModelConfig) -> dict:
     return groups
 
 
-def _flops(compiled) -> float:
+def xla_flops(compiled) -> float:
+    """FLOPs of a compiled computation from XLA's own cost analysis (a dict, or a list of dicts on older jax)."""
     ca = compiled.cost_analysis()
-    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    return float(ca.get("flops", float("nan")))
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else {}
+    return float((ca or {}).get("flops", float("nan")))
 
 
 def _abstract_inputs(cfg, B=1):
@@ -322,7 +349,7 @@ def flops_breakdown(cfg: ModelConfig) -> dict:
     m = lambda s: nnx.merge(gd, s)
 
     def low(f, *args):
-        return _flops(jax.jit(f).lower(st, *args).compile())
+        return xla_flops(jax.jit(f).lower(st, *args).compile())
 
     ctx_abs = jax.eval_shape(lambda s, ci, cid, cm: m(s).encode_context(ci, cid, cm), st, a["ci"], a["cid"], a["cm"])
     txt_abs = jax.eval_shape(lambda s, ids: m(s).encode_text(ids), st, a["ids"])
@@ -359,7 +386,7 @@ def flops_per_image(cfg: ModelConfig, with_context: bool = True, what: str = "ca
             f, args = (lambda s, x, t, tx, c: m(s).denoise(x, t, tx, c)), (a["x"], a["t"], txt, ctx)
         else:
             f, args = (lambda s, x, t, tx: m(s).denoise(x, t, tx)), (a["x"], a["t"], txt)
-    return _flops(jax.jit(f).lower(st, *args).compile())
+    return xla_flops(jax.jit(f).lower(st, *args).compile())
 
 
 def trace_shapes(model: InstructImagen, batch: dict, t=None) -> list:
