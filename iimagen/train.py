@@ -161,11 +161,38 @@ def parse_overrides(text: str) -> dict:
 
 
 def load_any(path: str):
-    """(model, tokenizer, meta) from an exported checkpoint folder or a training workdir (its EMA weights)."""
+    """(model, tokenizer, meta) from an exported checkpoint folder, or a training workdir: its export if the run has
+    finished, else the EMA weights of its latest checkpoint (to look at a run while it trains)."""
     p = Path(path)
     if (p / "export").is_dir():
-        p = p / "export"
+        return ckpt_lib.load_model(p / "export")
+    if (p / "checkpoints").is_dir() and not (p / "config.json").exists():
+        return load_latest_ema(p)
     return ckpt_lib.load_model(p)
+
+
+def load_latest_ema(workdir) -> tuple:
+    """(model, tokenizer, meta): the EMA weights of the latest checkpoint in a training workdir."""
+    import orbax.checkpoint as ocp
+
+    from iimagen.tokenizer import load_tokenizer
+
+    mngr = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints")
+    step = mngr.latest_step()
+    if step is None:
+        raise TrainError(f"{workdir} holds no checkpoint yet; wait for --ckpt-every steps, or give an export folder")
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    cfg = ModelConfig.from_dict(meta["model"])
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: InstructImagen(cfg, nnx.Rngs(0))), nnx.Param)
+    flat, treedef = jax.tree_util.tree_flatten(params)
+    names = meta["leaf_names"]
+    ema = [f"{i:05d}" for i, n in enumerate(names) if n.startswith("['ema']")]
+    if len(ema) != len(flat):
+        raise TrainError(f"{workdir}: the checkpoint's EMA has {len(ema)} arrays but a {cfg.name!r} model has "
+                         f"{len(flat)}; the workdir was written by another version of the kit")
+    full = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    model = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [jnp.asarray(full[k]) for k in ema]))
+    return model, load_tokenizer(), {**meta["train"], "steps": int(step), "from_checkpoint": True}
 
 
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:

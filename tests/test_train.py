@@ -8,6 +8,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -67,6 +68,25 @@ def test_stages_chain_and_export(chain):
         assert meta["stage"] == stage and meta["steps"] == out[stage]["steps"]
     # stage 2 logs a loss per task of the mixture
     assert len(read_metrics(root / "s2")[-1]["task_loss"]) >= 2
+
+
+def test_latest_checkpoint_ema_equals_the_export(chain, tmp_path):
+    """load_any on a workdir still training (no export yet) reads the EMA of its latest checkpoint."""
+    from flax import nnx
+
+    from iimagen.checkpoint import load_model
+    from iimagen.train import load_any, load_latest_ema
+
+    root, out = chain
+    model, _, meta = load_latest_ema(root / "s2")
+    exported, _, _ = load_model(root / "s2" / "export")
+    assert meta["steps"] == out[2]["steps"] and meta["stage"] == 2
+    a, b = nnx.state(model, nnx.Param), nnx.state(exported, nnx.Param)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(TrainError, match="no checkpoint yet"):
+        (tmp_path / "w" / "checkpoints").mkdir(parents=True)
+        load_any(tmp_path / "w")
 
 
 def test_later_stages_only_add_parts_at_identity(chain, tmp_path):
