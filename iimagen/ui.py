@@ -208,6 +208,8 @@ class Composer:
                                                 disabled=True, layout=lay("180px"))
         self.oscillate = W.Checkbox(value=True, description="oscillating guidance", indent=False,
                                     layout=lay("180px"))
+        self.clip = W.Dropdown(options=["dynamic", "static", "none"], value="dynamic", description="x0 clip",
+                               layout=lay("180px"))
         self.generate_button = W.Button(description="Generate", button_style="success", icon="play")
         self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.progress = W.IntProgress(value=0, min=0, max=1, layout=lay("240px"))
@@ -225,7 +227,7 @@ class Composer:
             h(f"2. Context (up to {self.K} for this model)"), W.HBox([src, self.source_preview]), self.context_box,
             self.message, self.preview,
             h("3. Settings"), W.HBox([self.sampler, self.steps, self.seed, self.num_images]),
-            W.HBox([self.scale, self.separate, self.context_scale, self.oscillate]),
+            W.HBox([self.scale, self.separate, self.context_scale, self.oscillate, self.clip]),
             W.HBox([self.generate_button, self.stop_button, self.progress, self.status]),
             h("Results"), self.results_box, W.HBox([self.save_dir, self.save_button]),
             h("History"), self.history_box,
@@ -464,10 +466,10 @@ class Composer:
         return {"sampler": self.sampler.value, "steps": int(self.steps.value), "scale": float(self.scale.value),
                 "context_scale": float(self.context_scale.value) if self.separate.value else None,
                 "oscillate": bool(self.oscillate.value), "seed": int(self.seed.value),
-                "num_images": int(self.num_images.value)}
+                "num_images": int(self.num_images.value), "clip": self.clip.value}
 
     def set_settings(self, s: dict):
-        for name in ("sampler", "steps", "scale", "oscillate", "seed", "num_images"):
+        for name in ("sampler", "steps", "scale", "oscillate", "seed", "num_images", "clip"):
             if name in s:
                 getattr(self, name).value = s[name]
         self.separate.value = s.get("context_scale") is not None
@@ -533,7 +535,8 @@ class Composer:
                 self.status.value = f"image {j + 1}/{s['num_images']}" + (" (compiling on first use...)"
                                                                           if j == 0 else "")
                 img = self.generator.generate(run.instruction, sampler=s["sampler"], steps=s["steps"],
-                                              guidance=guidance, seed=s["seed"] + j, progress=False)[0]
+                                              guidance=guidance, seed=s["seed"] + j, clip=s.get("clip", "dynamic"),
+                                              progress=False)[0]
                 run.images.append(img)
                 self.results = list(run.images)
                 self._show_results()

@@ -182,6 +182,17 @@ def test_generate_shows_results_save_and_history_restore(comp, tmp_path):
     comp.clear()
     assert comp.contexts == [] and comp.text.value == "" and comp.context_box.children == ()
 
+    # the x0-clip setting reaches the sampler (no clipping gives another image than dynamic thresholding here)
+    comp.add_context(rgb(1), "a dog", "subject")
+    comp.text.value = "Generate [ref#1] on a beach"
+    comp.clip.value, comp.num_images.value, comp.seed.value = "none", 1, 8
+    run = comp.generate()
+    direct_none = comp.generator.generate(comp.instruction(), sampler="ddim", steps=2, guidance=comp.guidance(
+        comp.settings()), seed=8, clip="none", progress=False)[0]
+    assert np.array_equal(run.images[0], direct_none) and not np.array_equal(run.images[0], direct)
+    comp.clear()
+    comp.clip.value = "dynamic"
+
 
 def test_stop_keeps_completed_images(comp):
     comp.text.value = "a red circle on a beach"
