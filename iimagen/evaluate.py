@@ -847,7 +847,7 @@ def cli_eval(argv=None) -> int:
         from .pipeline import parse_guidance
 
         res = evaluate_models(models, tasks, a.n, a.seed, sampler=a.sampler, steps=a.steps,
-                              guidance=parse_guidance(a.guidance, None, None), clip=a.clip)
+                              guidance=parse_guidance(a.guidance), clip=a.clip)
     except (ValueError, FileNotFoundError) as e:
         print(f"iimagen eval: {e}", file=sys.stderr)
         return 2

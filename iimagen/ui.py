@@ -535,7 +535,7 @@ class Composer:
                 self.status.value = f"image {j + 1}/{s['num_images']}" + (" (compiling on first use...)"
                                                                           if j == 0 else "")
                 img = self.generator.generate(run.instruction, sampler=s["sampler"], steps=s["steps"],
-                                              guidance=guidance, seed=s["seed"] + j, clip=s.get("clip", "dynamic"),
+                                              guidance=guidance, seed=s["seed"] + j, clip=s["clip"],
                                               progress=False)[0]
                 run.images.append(img)
                 self.results = list(run.images)
