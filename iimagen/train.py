@@ -49,7 +49,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from iimagen import checkpoint as ckpt_lib
 from iimagen import diffusion
 from iimagen.configs import ModelConfig, get_config
-from iimagen.model import InstructImagen, grow
+from iimagen.model import GROWABLE, InstructImagen, grow
 
 
 class TrainError(ValueError):
@@ -123,18 +123,20 @@ def build_model(tc: TrainConfig) -> InstructImagen:
         raise TrainError(f"stage {tc.stage} starts from an earlier stage: pass --init WORKDIR_OR_CHECKPOINT "
                          f"(stage 1 from a stage-0 run, stage 2 from a stage-1 run)")
     # Stages 1 and 2 keep the weights' layout; the only change is adding parts that start at identity.
+    settable = [k for k in GROWABLE if k != "use_context"]  # stages 1 and 2 always have the context branch
     added = parse_overrides(tc.override)
-    if set(added) - {"input_skip"}:
+    if set(added) - set(settable):
         raise TrainError(f"--override {tc.override!r}: stage {tc.stage} keeps the --init model's layout; only "
-                         "input_skip=true|false (a part added at identity) can be set here")
+                         + ", ".join(f"{k}=true|false" for k in settable) + " (parts added at identity) can be set")
     model, _, meta = load_any(tc.init)
     if model.cfg.name != tc.config:
         raise TrainError(f"--init {tc.init} holds a {model.cfg.name!r} model but --config is {tc.config!r}; "
                          f"use --config {model.cfg.name} or another --init")
-    # From stage 0: the context branch, at identity. The config's input skip, at identity, if --init lacks it.
+    # From stage 0: the context branch, at identity. Each part the config (or --override) switches on and --init
+    # lacks (the input skip), at identity.
     changes = {} if model.cfg.use_context else {"use_context": True}
-    if added.get("input_skip", get_config(tc.config).input_skip) and not model.cfg.input_skip:
-        changes["input_skip"] = True
+    changes.update({k: True for k in settable
+                    if added.get(k, getattr(get_config(tc.config), k)) and not getattr(model.cfg, k)})
     if changes:
         model = grow(model, rngs=nnx.Rngs(tc.seed + 1), **changes)
     if overrides:
@@ -190,8 +192,11 @@ def load_latest_ema(workdir) -> tuple:
     if len(ema) != len(flat):
         raise TrainError(f"{workdir}: the checkpoint's EMA has {len(ema)} arrays but a {cfg.name!r} model has "
                          f"{len(flat)}; the workdir was written by another version of the kit")
-    full = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    model = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [jnp.asarray(full[k]) for k in ema]))
+    # Read the EMA leaves only (a partial restore: parameters and optimizer state stay on disk).
+    only = ocp.args.PyTreeRestore(item={k: 0 for k in ema}, partial_restore=True,
+                                  restore_args={k: ocp.RestoreArgs(restore_type=np.ndarray) for k in ema})
+    part = mngr.restore(step, args=ocp.args.Composite(state=only))["state"]
+    model = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [jnp.asarray(part[k]) for k in ema]))
     return model, load_tokenizer(), {**meta["train"], "steps": int(step), "from_checkpoint": True}
 
 

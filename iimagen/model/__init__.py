@@ -8,9 +8,9 @@ cross-attend to multi-modal context encoded by the UNet's own down-sampling enco
 """
 from .layers import attend
 from .text import TextEncoder, TextFeatures
-from .unet import (ContextFeatures, InstructImagen, ModelInputError, attach_context, context_attention, grow,
+from .unet import (GROWABLE, ContextFeatures, InstructImagen, ModelInputError, attach_context, context_attention, grow,
                    flops_breakdown, flops_per_image, param_count, param_table, trace_shapes)
 
-__all__ = ["InstructImagen", "TextFeatures", "ContextFeatures", "ModelInputError", "attach_context", "grow", "attend",
+__all__ = ["GROWABLE", "InstructImagen", "TextFeatures", "ContextFeatures", "ModelInputError", "attach_context", "grow", "attend",
            "param_count", "param_table", "flops_per_image", "flops_breakdown", "trace_shapes",
            "context_attention", "TextEncoder"]
