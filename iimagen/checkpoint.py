@@ -74,7 +74,8 @@ def _unnest(tree, prefix="") -> dict:
     return out
 
 
-def _model_card(cfg, meta) -> str:
+def model_card(cfg, meta) -> str:
+    """MODEL_CARD.md of an exported model: what it is (config) and how it was made (meta)."""
     lines = [f"# iimagen model: {cfg.name}", "",
              "An Instruct-Imagen (Hu et al., CVPR 2024) denoiser trained with the iimagen kit.", "",
              f"- resolution {cfg.resolution} px, {cfg.K} context slots, context branch: {cfg.use_context}"]
@@ -123,7 +124,7 @@ def save_model(directory, model, meta: dict | None = None, *, tokenizer=None, dt
     shutil.copy(tok_path, tmp / "tokenizer.json")
     (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "model": dataclasses.asdict(cfg), "meta": meta,
                                                  "params_dtype": dtype}, indent=2, sort_keys=True))
-    (tmp / "MODEL_CARD.md").write_text(_model_card(cfg, meta))
+    (tmp / "MODEL_CARD.md").write_text(model_card(cfg, meta))
     shutil.rmtree(directory, ignore_errors=True)  # the folder is replaced whole: never half old, half new
     tmp.rename(directory)
     return directory

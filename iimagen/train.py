@@ -352,8 +352,10 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     mngr = ocp.CheckpointManager(workdir / "checkpoints",
                                  options=ocp.CheckpointManagerOptions(max_to_keep=tc.keep, create=True))
     meta = {"train": dataclasses.asdict(tc), "model": dataclasses.asdict(cfg)}
+    wall_before = 0.0  # training time of the earlier runs this one resumes (kept in each checkpoint's meta)
     if mngr.latest_step() is not None:
-        state, _ = restore_state(mngr, state, tc, cfg)
+        state, old = restore_state(mngr, state, tc, cfg)
+        wall_before = float(old.get("wall_s", 0.0))
     start = int(jax.device_get(state["step"]))
 
     # Compile before the data workers start: on a GPU host they would otherwise take the CPU cores XLA compiles on
@@ -394,21 +396,21 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
             t_last, seen_last = now, done
         bar.update(1)
         if done % tc.ckpt_every == 0:
-            save_state(mngr, state, meta)
+            save_state(mngr, state, {**meta, "wall_s": wall_before + time.time() - t0})
         if tc.time_budget and time.time() - t0 > tc.time_budget:
             stopped_early = True
             break
     bar.close()
     loader.close()
     final = int(jax.device_get(state["step"]))
+    wall = time.time() - t0
     if mngr.latest_step() != final:
-        save_state(mngr, state, meta)
+        save_state(mngr, state, {**meta, "wall_s": wall_before + wall})
     mngr.wait_until_finished()
     log.close()
-    wall = time.time() - t0
-    export(workdir, graphdef, state, tc, cfg, wall=wall)
-    return {"workdir": str(workdir), "steps": final, "wall_s": wall, "compile_s": t_compile,
-            "stopped_early": stopped_early}
+    export(workdir, graphdef, state, tc, cfg, wall=wall_before + wall)
+    return {"workdir": str(workdir), "steps": final, "wall_s": wall, "total_wall_s": wall_before + wall,
+            "compile_s": t_compile, "stopped_early": stopped_early}
 
 
 def export(workdir: Path, graphdef, state, tc: TrainConfig, cfg: ModelConfig, wall: float | None = None):

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from iimagen.checkpoint import model_card
+from iimagen.configs import ModelConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIP = {  # run name -> (checkpoint name, what it is)
     "stage1": ("stage1-tiny", "Stage 1 (retrieval-augmented training) of `tiny`, from `stage0-tiny`."),
@@ -41,18 +44,26 @@ def main(runs: Path) -> None:
         first, last = np.mean([r["loss"] for r in recs[:5]]), np.mean([r["loss"] for r in recs[-10:]])
         ips = np.median([r["images_per_s"] for r in recs])
         cmd = [x.split(": ", 1)[1] for x in log if x.startswith("== ") and f" {run}: " in x][-1]
-        end = [x for x in log if f" {run} exit 0: " in x][-1]
-        summary = json.loads(end.split(": ", 1)[1])
-        meta = json.loads((dst / "config.json").read_text()) if (dst / "config.json").exists() else {}
+        # One finished segment per "exit 0" line: a run resumed with a larger --steps has several.
+        segs = [json.loads(x.split(": ", 1)[1]) for x in log if f" {run} exit 0: " in x]
+        wall, compile_s = sum(g["wall_s"] for g in segs), sum(g.get("compile_s", 0) for g in segs)
+        ends = [g["steps"] for g in segs]
+        spans = ", ".join(f"{a}-{b} ({g['wall_s']:.0f} s)" for a, b, g in zip([0] + ends, ends, segs))
+        # The export's meta and card carry the whole run's training time, not only the last segment's.
+        cfg_json = json.loads((dst / "config.json").read_text())
+        cfg_json["meta"]["wall_s"] = wall
+        (dst / "config.json").write_text(json.dumps(cfg_json, indent=2, sort_keys=True))
         card = dst / "MODEL_CARD.md"
-        card.write_text(card.read_text() + f"""
+        card.write_text(model_card(ModelConfig.from_dict(cfg_json["model"]), cfg_json["meta"]) + f"""
 ## How it was made
 - {what}
-- Trained on this kit's 2-core CPU development machine (no accelerator in that session), 2026-11-26, by
-  `scripts/train_shipped_cpu.sh runs/cpu 600 1000` (the three stage-2 runs side by side, stage 1 alone before them).
-- Command: `{cmd}`
-- {recs[-1]['step']} steps of batch {meta.get('meta', {}).get('batch_size', 32)}, {summary['wall_s']:.0f} s of training after a \
-{summary.get('compile_s', 0):.0f} s compile, median {ips:.1f} images/s (the machine shared between runs).
+- Trained on this kit's 2-core CPU development machine (no accelerator in those sessions), 2026-11-26, by
+  `scripts/train_shipped_cpu.sh runs/cpu STEPS 1000` (the three stage-2 runs side by side, stage 1 alone before
+  them), in {len(segs)} segment(s) by step: {spans}; each later segment resumed the run's last checkpoint
+  (parameters, EMA, optimizer, data position) with a larger `--steps`.
+- Command (last segment): `{cmd}`
+- {recs[-1]['step']} steps of batch {cfg_json['meta'].get('batch_size', 32)}, {wall:.0f} s of training after \
+{compile_s:.0f} s of compiles, median {ips:.1f} images/s (the machine shared between runs).
 - Loss (mean of logged steps): {first:.3f} over the first 50 steps, {last:.3f} over the last 100.
 - Still **undertrained** by the paper's standard (400-500k steps at batch 512); see README "Evaluation" for what it
   does and does not follow.

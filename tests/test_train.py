@@ -125,6 +125,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     b = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "killed")}
     assert sorted(a) == sorted(b) == list(range(1, 11))
     np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-5)
+    # the export's training time counts the killed run's time up to its checkpoint, not only the resumed run's
+    from iimagen.checkpoint import load_model
+
+    summary = json.loads(resumed.stdout.read().strip().splitlines()[-1])
+    assert summary["total_wall_s"] > summary["wall_s"] > 0
+    assert load_model(tmp_path / "killed" / "export")[2]["wall_s"] == pytest.approx(summary["total_wall_s"])
 
 
 def test_eight_devices_give_the_losses_of_one(tmp_path):
