@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-$(COLAB_VENV)/.installed: pyproject.toml
+# After .venv's install (order-only): two editable installs of one source tree must not run at once under -j2.
+$(COLAB_VENV)/.installed: pyproject.toml | $(VENV)/.installed
 	test -x $(COLAB_VENV)/bin/python || $(PYTHON) -m venv $(COLAB_VENV)
 	$(COLAB_VENV)/bin/pip install -q -U pip
 	$(COLAB_VENV)/bin/pip install -q -e '.[dev]' $(COLAB_PINS)
@@ -28,7 +29,10 @@ $(COLAB_VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/iimagen demo
 
-test: unit unit-colab notebooks
+# The three suites run two at a time (each is mostly one core's XLA compiles); each suite's output is printed whole
+# when it ends.
+test:
+	$(MAKE) -j2 --output-sync=target unit unit-colab notebooks
 
 unit: $(VENV)/.installed
 	IIMAGEN_PROFILE=ci XLA_FLAGS="$(TEST_XLA_FLAGS)" $(VENV)/bin/python -m pytest tests
