@@ -31,7 +31,13 @@ SHIP = {  # run name -> (checkpoint name, what it is)
 
 def main(runs: Path) -> None:
     log = (runs / "runs.log").read_text().splitlines()
-    for run, (name, what) in SHIP.items():
+    ship = dict(SHIP)
+    for d in sorted(runs.glob("single_*")):  # single-task baselines (SINGLE=... in train_shipped_cpu.sh)
+        task = d.name.removeprefix("single_")
+        ship[d.name] = (f"single-task-{task.replace('_', '-')}-tiny",
+                        f"A single-task baseline (paper Table 3): stage 2 on `{task}` alone, from `stage1-tiny` "
+                        f"(`--variant single_task={task}`).")
+    for run, (name, what) in ship.items():
         export = runs / run / "export"
         if not export.is_dir():
             print(f"skip {run}: no export")
@@ -44,11 +50,20 @@ def main(runs: Path) -> None:
         first, last = np.mean([r["loss"] for r in recs[:5]]), np.mean([r["loss"] for r in recs[-10:]])
         ips = np.median([r["images_per_s"] for r in recs])
         cmd = [x.split(": ", 1)[1] for x in log if x.startswith("== ") and f" {run}: " in x][-1]
-        # One finished segment per "exit 0" line: a run resumed with a larger --steps has several.
-        segs = [json.loads(x.split(": ", 1)[1]) for x in log if f" {run} exit 0: " in x]
-        wall, compile_s = sum(g["wall_s"] for g in segs), sum(g.get("compile_s", 0) for g in segs)
-        ends = [g["steps"] for g in segs]
-        spans = ", ".join(f"{a}-{b} ({g['wall_s']:.0f} s)" for a, b, g in zip([0] + ends, ends, segs))
+        # Segments: each start of the run after stage 1 ended (a later one resumes the last checkpoint: parameters,
+        # EMA, optimizer and data position). Training time from the metrics (each record holds the mean step time
+        # since the one before), so a segment stopped by hand, which leaves no exit line, counts too.
+        t_s1 = max([i for i, x in enumerate(log) if " stage1 exit 0: " in x] or [0]) if run != "stage1" else 0
+        targets = [x.split("--steps ")[1].split()[0] for x in log[t_s1:] if x.startswith("== ") and f" {run}: " in x]
+        compile_s = sum(json.loads(x.split(": ", 1)[1]).get("compile_s", 0) for x in log if f" {run} exit 0: " in x)
+        how = (f"SINGLE={run.removeprefix('single_')} SINGLE_STEPS={targets[-1]} scripts/train_shipped_cpu.sh runs/cpu "
+               "STEPS 1000` (alongside the three stage-2 runs" if run.startswith("single_") else
+               "scripts/train_shipped_cpu.sh runs/cpu STEPS 1000` (the three stage-2 runs side by side, stage 1 alone "
+               "before them")
+        how = how + ")"
+        by_step = {r["step"]: r for r in recs}
+        steps = sorted(by_step)
+        wall = sum(by_step[b]["step_time_s"] * (b - a) for a, b in zip([0] + steps, steps))
         # The export's meta and card carry the whole run's training time, not only the last segment's.
         cfg_json = json.loads((dst / "config.json").read_text())
         cfg_json["meta"]["wall_s"] = wall
@@ -58,11 +73,10 @@ def main(runs: Path) -> None:
 ## How it was made
 - {what}
 - Trained on this kit's 2-core CPU development machine (no accelerator in those sessions), 2026-11-26, by
-  `scripts/train_shipped_cpu.sh runs/cpu STEPS 1000` (the three stage-2 runs side by side, stage 1 alone before
-  them), in {len(segs)} segment(s) by step: {spans}; each later segment resumed the run's last checkpoint
-  (parameters, EMA, optimizer, data position) with a larger `--steps`.
+  `{how}`, in {len(targets)} segment(s) started with `--steps` {', '.join(targets)}; each later one resumed the run's last
+  checkpoint (parameters, EMA, optimizer, data position), so the batches are those of one uninterrupted run.
 - Command (last segment): `{cmd}`
-- {recs[-1]['step']} steps of batch {cfg_json['meta'].get('batch_size', 32)}, {wall:.0f} s of training after \
+- {recs[-1]['step']} steps of batch {cfg_json['meta'].get('batch_size', 32)}, {wall:.0f} s of training (logged step times) plus \
 {compile_s:.0f} s of compiles, median {ips:.1f} images/s (the machine shared between runs).
 - Loss (mean of logged steps): {first:.3f} over the first 50 steps, {last:.3f} over the last 100.
 - Still **undertrained** by the paper's standard (400-500k steps at batch 512); see README "Evaluation" for what it

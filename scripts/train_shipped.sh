@@ -3,6 +3,8 @@
 # This is the exact script that made them, on one GPU host (see each MODEL_CARD.md for the machine and times).
 #   scripts/train_shipped.sh OUTDIR [SCALE]
 # SCALE multiplies every time budget (1 = the shipped run; 0.05 = a smoke test on a CPU).
+# ONLY="stage0 ..." runs just the named runs (to split the recipe over several calls of a time-limited machine; a
+# run started again resumes its last checkpoint). SINGLE="edge_to_image ..." adds single-task baselines.
 set -uo pipefail
 OUT=${1:?usage: scripts/train_shipped.sh OUTDIR [SCALE]}
 SCALE=${2:-1}
@@ -12,6 +14,7 @@ budget() { $PY -c "print(max(5, int($1 * $SCALE)))"; }
 COMMON=(--config tiny --batch-size 128 --export-dtype bfloat16 --log-every 50 --ckpt-every 1000 --no-progress)
 run() {  # run NAME ARGS...: one training run, its log in OUT/NAME.log
   local name=$1; shift
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
   echo "== $name: iimagen train ${COMMON[*]} $*" | tee -a "$OUT/runs.log"
   $PY -m iimagen.cli train "${COMMON[@]}" --workdir "$OUT/$name" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?; tail -n 2 "$OUT/$name.log" | tee -a "$OUT/runs.log"; return $rc
@@ -21,9 +24,14 @@ run stage0 --stage 0 --steps 100000 --lr 1e-3 --time-budget "$(budget 100)" || e
 # Stage 1: retrieval-augmented training from stage 0.
 run stage1 --stage 1 --init "$OUT/stage0" --steps 100000 --time-budget "$(budget 70)" --pool-size 8192 || exit 1
 # Stage 2 and the baselines, side by side on the one accelerator (each takes a share of memory and data workers).
-export XLA_PYTHON_CLIENT_MEM_FRACTION=0.25
+N_SIDE=$((3 + $(echo ${SINGLE:-} | wc -w)))
+export XLA_PYTHON_CLIENT_MEM_FRACTION=$($PY -c "print(round(0.95 / $N_SIDE, 3))")  # 0.317 for the three
 run stage2 --stage 2 --init "$OUT/stage1" --steps 100000 --time-budget "$(budget 120)" --workers 8 &
 run multitask --stage 2 --variant no_instruction --init "$OUT/stage1" --steps 100000 --time-budget "$(budget 120)" --workers 4 &
 run no_stage1 --stage 2 --init "$OUT/stage0" --steps 100000 --time-budget "$(budget 120)" --workers 4 &
+for task in ${SINGLE:-}; do
+  run "single_$task" --stage 2 --variant "single_task=$task" --init "$OUT/stage1" --steps 100000 \
+    --time-budget "$(budget 120)" --workers 2 &
+done
 wait
 echo "== done" | tee -a "$OUT/runs.log"

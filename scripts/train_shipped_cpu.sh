@@ -8,6 +8,7 @@
 #   stage2     Instruct-Imagen: instruction tuning from stage 1
 #   multitask  the same mixture without instruction text, from stage 1 (the paper's multi-task baseline)
 #   no_stage1  instruction tuning from stage 0 ("without retrieval-augmented training", paper Table 4)
+#   single_T   with SINGLE="T ...": a single-task model per task T (paper Table 3), SINGLE_STEPS steps
 # stage0-tiny predates the full-resolution input skip, so stage 1 is trained without it (input_skip=false) and each
 # stage-2 run adds it at identity when it starts (iimagen.model.grow).
 set -uo pipefail
@@ -31,5 +32,11 @@ run() {  # run NAME ARGS...: one training run, its log in OUT/NAME.log; resumes 
 run stage2 --stage 2 --steps "$STEPS" --init "$OUT/stage1/export" &
 run multitask --stage 2 --steps "$STEPS" --variant no_instruction --init "$OUT/stage1/export" &
 run no_stage1 --stage 2 --steps "$STEPS" --init "$STAGE0" &
+# Single-task baselines (paper Table 3): one model per task named in SINGLE (e.g. SINGLE=edge_to_image), each
+# trained SINGLE_STEPS steps on its task alone from stage 1.
+for task in ${SINGLE:-}; do
+  run "single_$task" --stage 2 --steps "${SINGLE_STEPS:-$STEPS}" --variant "single_task=$task" \
+    --init "$OUT/stage1/export" &
+done
 wait
 echo "== $(date -u +%FT%TZ) done" | tee -a "$OUT/runs.log"
