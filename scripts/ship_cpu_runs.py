@@ -32,7 +32,7 @@ SHIP = {  # run name -> (checkpoint name, what it is)
 def main(runs: Path) -> None:
     log = (runs / "runs.log").read_text().splitlines()
     ship = dict(SHIP)
-    for d in sorted(runs.glob("single_*")):  # single-task baselines (SINGLE=... in train_shipped_cpu.sh)
+    for d in sorted(p for p in runs.glob("single_*") if p.is_dir()):  # single-task baselines (SINGLE=... in train_shipped_cpu.sh)
         task = d.name.removeprefix("single_")
         ship[d.name] = (f"single-task-{task.replace('_', '-')}-tiny",
                         f"A single-task baseline (paper Table 3): stage 2 on `{task}` alone, from `stage1-tiny` "
@@ -73,7 +73,7 @@ def main(runs: Path) -> None:
 ## How it was made
 - {what}
 - Trained on this kit's 2-core CPU development machine (no accelerator in those sessions), 2026-11-26, by
-  `{how}`, in {len(targets)} segment(s) started with `--steps` {', '.join(targets)}; each later one resumed the run's last
+  `{how}, in {len(targets)} segment(s) started with `--steps` {', '.join(targets)}; each later one resumed the run's last
   checkpoint (parameters, EMA, optimizer, data position), so the batches are those of one uninterrupted run.
 - Command (last segment): `{cmd}`
 - {recs[-1]['step']} steps of batch {cfg_json['meta'].get('batch_size', 32)}, {wall:.0f} s of training (logged step times) plus \
