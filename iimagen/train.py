@@ -135,8 +135,8 @@ def build_model(tc: TrainConfig) -> InstructImagen:
     # From stage 0: the context branch, at identity. Each part the config (or --override) switches on and --init
     # lacks (the input skip), at identity.
     changes = {} if model.cfg.use_context else {"use_context": True}
-    changes.update({k: True for k in settable
-                    if added.get(k, getattr(get_config(tc.config), k)) and not getattr(model.cfg, k)})
+    default = get_config(tc.config)
+    changes.update({k: True for k in settable if added.get(k, getattr(default, k)) and not getattr(model.cfg, k)})
     if changes:
         model = grow(model, rngs=nnx.Rngs(tc.seed + 1), **changes)
     if overrides:
@@ -183,7 +183,7 @@ def load_latest_ema(workdir) -> tuple:
     step = mngr.latest_step()
     if step is None:
         raise TrainError(f"{workdir} holds no checkpoint yet; wait for --ckpt-every steps, or give an export folder")
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = read_meta(mngr, step)
     cfg = ModelConfig.from_dict(meta["model"])
     graphdef, params = nnx.split(nnx.eval_shape(lambda: InstructImagen(cfg, nnx.Rngs(0))), nnx.Param)
     flat, treedef = jax.tree_util.tree_flatten(params)
@@ -302,12 +302,19 @@ def save_state(mngr, state, meta: dict):
                                             meta=ocp.args.JsonSave({**meta, "leaf_names": names})))
 
 
+def read_meta(mngr, step: int) -> dict:
+    """The JSON meta saved beside checkpoint `step` by `save_state` (train and model config, leaf names, wall_s)."""
+    import orbax.checkpoint as ocp
+
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
 def restore_state(mngr, template, tc: TrainConfig, cfg: ModelConfig):
     """The latest checkpoint in the workdir, laid into `template`'s structure (and shardings)."""
     import orbax.checkpoint as ocp
 
     step = mngr.latest_step()
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = read_meta(mngr, step)
     leaves, names = _leaves(template)
     if meta.get("model") != _jsonable(dataclasses.asdict(cfg)) or names != meta.get("leaf_names"):
         raise TrainError(

@@ -56,11 +56,12 @@ def main(runs: Path) -> None:
         t_s1 = max([i for i, x in enumerate(log) if " stage1 exit 0: " in x] or [0]) if run != "stage1" else 0
         targets = [x.split("--steps ")[1].split()[0] for x in log[t_s1:] if x.startswith("== ") and f" {run}: " in x]
         compile_s = sum(json.loads(x.split(": ", 1)[1]).get("compile_s", 0) for x in log if f" {run} exit 0: " in x)
-        how = (f"SINGLE={run.removeprefix('single_')} SINGLE_STEPS={targets[-1]} scripts/train_shipped_cpu.sh runs/cpu "
-               "STEPS 1000` (alongside the three stage-2 runs" if run.startswith("single_") else
-               "scripts/train_shipped_cpu.sh runs/cpu STEPS 1000` (the three stage-2 runs side by side, stage 1 alone "
-               "before them")
-        how = how + ")"
+        script = "scripts/train_shipped_cpu.sh runs/cpu STEPS 1000"
+        if run.startswith("single_"):
+            script = f"SINGLE={run.removeprefix('single_')} SINGLE_STEPS={targets[-1]} {script}"
+            where = "alongside the three stage-2 runs"
+        else:
+            where = "the three stage-2 runs side by side, stage 1 alone before them"
         by_step = {r["step"]: r for r in recs}
         steps = sorted(by_step)
         wall = sum(by_step[b]["step_time_s"] * (b - a) for a, b in zip([0] + steps, steps))
@@ -73,7 +74,7 @@ def main(runs: Path) -> None:
 ## How it was made
 - {what}
 - Trained on this kit's 2-core CPU development machine (no accelerator in those sessions), 2026-11-26, by
-  `{how}, in {len(targets)} segment(s) started with `--steps` {', '.join(targets)}; each later one resumed the run's last
+  `{script}` ({where}), in {len(targets)} segment(s) started with `--steps` {', '.join(targets)}; each later one resumed the run's last
   checkpoint (parameters, EMA, optimizer, data position), so the batches are those of one uninterrupted run.
 - Command (last segment): `{cmd}`
 - {recs[-1]['step']} steps of batch {cfg_json['meta'].get('batch_size', 32)}, {wall:.0f} s of training (logged step times) plus \
