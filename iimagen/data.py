@@ -148,6 +148,10 @@ class Loader:
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """This host's part of batch `step` (docs/contracts.md): image, text_ids, ctx_image, ctx_ids, ctx_mask,
         task_id. Same arrays as `instruction.batch_instructions` plus `image` and `task_id`."""
+        return self._to_float(self._batch_u8(step))
+
+    def _batch_u8(self, step: int) -> dict[str, np.ndarray]:
+        """`batch(step)` with its two images still uint8 (what a worker process sends)."""
         from .instruction import _resize
 
         exs = [self.example(step, self.offset + j, with_truth=False) for j in range(self.local)]
@@ -171,14 +175,19 @@ class Loader:
             bs, ks = np.asarray(where).T
             ctx_ids[bs, ks] = self.encode(texts, self.ctx_text_len)
             ctx_mask[bs, ks] = True
-        ctx_image = ctx_u8.astype(np.float32) / 127.5 - 1.0  # the same float32 ops as instruction._resize
-        ctx_image[~ctx_mask] = 0.0
         payload = [self._text(e) for e in exs]
         text_ids = self.encode([t or "" for t in payload], self.text_len)
         text_ids[[t is None for t in payload]] = 0
-        image = np.stack([e.target for e in exs]).astype(np.float32) / 127.5 - 1.0
-        return {"text_ids": text_ids, "ctx_image": ctx_image, "ctx_ids": ctx_ids, "ctx_mask": ctx_mask,
-                "image": image, "task_id": np.asarray([e.task_id for e in exs], np.int32)}
+        return {"text_ids": text_ids, "ctx_image": ctx_u8, "ctx_ids": ctx_ids, "ctx_mask": ctx_mask,
+                "image": np.stack([e.target for e in exs]), "task_id": np.asarray([e.task_id for e in exs], np.int32)}
+
+    @staticmethod
+    def _to_float(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """uint8 images -> float32 in [-1, 1] (unused context slots 0). The workers send uint8, a quarter of the
+        bytes through their pipes, and the parent converts: the same float32 ops, so the same bytes."""
+        ctx_image = b["ctx_image"].astype(np.float32) / 127.5 - 1.0  # the same float32 ops as instruction._resize
+        ctx_image[~b["ctx_mask"]] = 0.0
+        return dict(b, ctx_image=ctx_image, image=b["image"].astype(np.float32) / 127.5 - 1.0)
 
     # ------------------------------------------------------------------------------------------- iteration
     def __iter__(self):
@@ -278,7 +287,7 @@ class Loader:
                 if kind == "error":
                     raise DataError(f"loader worker {w} failed building batch {s}:\n{payload}")
                 assert s == step, (s, step)
-                yield s, payload
+                yield s, self._to_float(payload)
                 step += 1
         finally:
             stopper()
@@ -349,7 +358,7 @@ def _worker(loader: Loader, w: int, n: int, q):
     step = loader.start_step + w
     try:
         while end is None or step < end:
-            item = ("batch", step, loader.batch(step))
+            item = ("batch", step, loader._batch_u8(step))
             while True:
                 try:
                     q.put(item, timeout=1.0)

@@ -5,13 +5,25 @@
 # SCALE multiplies every time budget (1 = the shipped run; 0.05 = a smoke test on a CPU).
 # ONLY="stage0 ..." runs just the named runs (to split the recipe over several calls of a time-limited machine; a
 # run started again resumes its last checkpoint). SINGLE="edge_to_image ..." adds single-task baselines.
+# BATCH (default 128) is every run's batch, BATCH0 (default BATCH) stage 0's. DEADLINE (epoch seconds) caps the
+# side-by-side stage-2 budgets so that the whole recipe ends by then (a machine lent for a fixed time).
+# After each stage, TAR_TO=DIR packs the run's export, metrics and log into DIR/NAME.tgz (checkpoints left out).
 set -uo pipefail
 OUT=${1:?usage: scripts/train_shipped.sh OUTDIR [SCALE]}
 SCALE=${2:-1}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 budget() { $PY -c "print(max(5, int($1 * $SCALE)))"; }
-COMMON=(--config tiny --batch-size 128 --export-dtype bfloat16 --log-every 50 --ckpt-every 1000 --no-progress)
+deadline_cap() {  # min(budget, seconds to DEADLINE less 80 s for start-up, compile and export)
+  if [ -z "${DEADLINE:-}" ]; then echo "$1"; else $PY -c "import time; print(max(5, min($1, int($DEADLINE - time.time() - 80))))"; fi
+}
+pack() {  # pack NAME...: the runs' exports, metrics and logs into TAR_TO/stageN.tgz
+  [ -n "${TAR_TO:-}" ] || return 0
+  local tgz="$TAR_TO/$1.tgz"; shift
+  (cd "$OUT" && tar czf "$tgz" --exclude='*/checkpoints' runs.log "$@" $(for n in "$@"; do echo "$n.log"; done) 2>/dev/null)
+}
+BATCH=${BATCH:-128}
+COMMON=(--config tiny --export-dtype bfloat16 --log-every 50 --ckpt-every 1000 --no-progress)
 run() {  # run NAME ARGS...: one training run, its log in OUT/NAME.log
   local name=$1; shift
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
@@ -20,18 +32,23 @@ run() {  # run NAME ARGS...: one training run, its log in OUT/NAME.log
   local rc=$?; tail -n 2 "$OUT/$name.log" | tee -a "$OUT/runs.log"; return $rc
 }
 # Stage 0: the text-to-image backbone (stands in for the pre-trained Imagen).
-run stage0 --stage 0 --steps 100000 --lr 1e-3 --time-budget "$(budget 100)" || exit 1
+run stage0 --stage 0 --batch-size "${BATCH0:-$BATCH}" --steps 100000 --lr 1e-3 --time-budget "$(budget 150)" || exit 1
+pack stage0 stage0
 # Stage 1: retrieval-augmented training from stage 0.
-run stage1 --stage 1 --init "$OUT/stage0" --steps 100000 --time-budget "$(budget 70)" --pool-size 8192 || exit 1
+run stage1 --stage 1 --batch-size "$BATCH" --init "$OUT/stage0" --steps 100000 --time-budget "$(budget 60)" \
+  --pool-size 8192 || exit 1
+pack stage1 stage1
 # Stage 2 and the baselines, side by side on the one accelerator (each takes a share of memory and data workers).
 N_SIDE=$((3 + $(echo ${SINGLE:-} | wc -w)))
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$($PY -c "print(round(0.95 / $N_SIDE, 3))")  # 0.317 for the three
-run stage2 --stage 2 --init "$OUT/stage1" --steps 100000 --time-budget "$(budget 120)" --workers 8 &
-run multitask --stage 2 --variant no_instruction --init "$OUT/stage1" --steps 100000 --time-budget "$(budget 120)" --workers 4 &
-run no_stage1 --stage 2 --init "$OUT/stage0" --steps 100000 --time-budget "$(budget 120)" --workers 4 &
+B2=$(deadline_cap "$(budget 120)")
+COMMON+=(--batch-size "$BATCH" --steps 100000 --time-budget "$B2")
+run stage2 --stage 2 --init "$OUT/stage1" --workers 8 &
+run multitask --stage 2 --variant no_instruction --init "$OUT/stage1" --workers 4 &
+run no_stage1 --stage 2 --init "$OUT/stage0" --workers 4 &
 for task in ${SINGLE:-}; do
-  run "single_$task" --stage 2 --variant "single_task=$task" --init "$OUT/stage1" --steps 100000 \
-    --time-budget "$(budget 120)" --workers 2 &
+  run "single_$task" --stage 2 --variant "single_task=$task" --init "$OUT/stage1" --workers 2 &
 done
 wait
 echo "== done" | tee -a "$OUT/runs.log"
+pack stage2 stage2 multitask no_stage1 $(for task in ${SINGLE:-}; do echo "single_$task"; done)
