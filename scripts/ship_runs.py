@@ -1,0 +1,125 @@
+"""Copy the exports of scripts/train_shipped.sh (accelerator) and scripts/train_shipped_cpu.sh (CPU) runs into
+data/checkpoints/ and write their model cards.
+
+    python scripts/ship_runs.py RUNS_DIR [RUNS_DIR ...]
+
+A run is shipped from the RUNS_DIR whose runs.log started it (a stage 1 copied into a CPU runs dir from an accelerator
+one is shipped from the accelerator's). RUNS_DIR/invocation.txt, when present, is the exact command line that made
+the dir, quoted in the cards. The card's first part comes from iimagen.checkpoint.save_model (config, command, seed,
+steps, devices, wall time); this appends how the run was made (from runs.log and the run's metrics.jsonl).
+Evaluation figures are added by hand from `iimagen eval` (see README "Evaluation")."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from iimagen.checkpoint import model_card
+from iimagen.configs import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIP = {  # run name -> (checkpoint name, what it is)
+    "stage0": ("stage0-tiny", "Stage 0 (text-to-image on the synthetic world) of `tiny`: the stand-in for the "
+                              "pre-trained Imagen that the later stages start from."),
+    "stage1": ("stage1-tiny", "Stage 1 (retrieval-augmented training) of `tiny`, from `stage0-tiny`."),
+    "stage2": ("instruct-imagen-tiny", "Instruct-Imagen: stage 2 (instruction tuning on the task mixture) of `tiny`, "
+                                       "from `stage1-tiny`."),
+    "multitask": ("multitask-tiny", "The multi-task baseline (paper Table 4): the stage-2 mixture **without "
+                                    "instruction text** (raw inputs only), from `stage1-tiny`."),
+    "no_stage1": ("no-stage1-tiny", "Instruct-Imagen **without stage 1** (paper Table 3/4 ablation): stage 2 "
+                                    "straight from `stage0-tiny`."),
+}
+
+
+def _started(log: list[str], run: str) -> list[str]:
+    """The command lines in runs.log that started `run` (both scripts write `== [date ]NAME: iimagen train ...`)."""
+    return [x.split(": ", 1)[1] for x in log if x.startswith("== ") and x.split(": ", 1)[0].endswith(f" {run}")]
+
+
+def _summaries(log: list[str], run: str) -> list[dict]:
+    """The JSON summaries `iimagen train` printed at the end of each segment of `run`."""
+    out = []
+    for x in log:
+        j = x[x.find("{"):] if "{" in x else ""
+        if j and f'/{run}"' in j.split(",")[0]:
+            try:
+                out.append(json.loads(j))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def ship(runs: Path, run: str, name: str, what: str) -> None:
+    log = (runs / "runs.log").read_text().splitlines()
+    invocation = (runs / "invocation.txt").read_text().strip() if (runs / "invocation.txt").exists() else None
+    export = runs / run / "export"
+    dst = ROOT / "data" / "checkpoints" / name
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(export, dst)
+    shutil.copy(runs / run / "metrics.jsonl", dst / "metrics.jsonl")
+    recs = [json.loads(x) for x in (runs / run / "metrics.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r for r in recs}
+    steps = sorted(by_step)
+    per_log = steps[0] if steps else 1
+    head = max(1, round(50 / per_log))
+    first = np.mean([by_step[s]["loss"] for s in steps[:head]])
+    last = np.mean([by_step[s]["loss"] for s in steps[-max(1, round(100 / per_log)):]])
+    ips = np.median([r["images_per_s"] for r in recs])
+    cmds = _started(log, run)
+    targets = [c.split("--steps ")[1].split()[0] for c in cmds]
+    sums = _summaries(log, run)
+    compile_s = sum(s.get("compile_s", 0) for s in sums)
+    # Training time from the metrics (each record holds the mean step time since the one before), so a segment
+    # stopped by hand, which leaves no summary, counts too. The export's meta and card carry the whole run's time.
+    wall = sum(by_step[b]["step_time_s"] * (b - a) for a, b in zip([0] + steps, steps))
+    cfg_json = json.loads((dst / "config.json").read_text())
+    cfg_json["meta"]["wall_s"] = wall
+    (dst / "config.json").write_text(json.dumps(cfg_json, indent=2, sort_keys=True))
+    meta = cfg_json["meta"]
+    on_cpu = "cpu" in meta.get("devices", "").lower()
+    if on_cpu:
+        where = ("Trained on this kit's 2-core CPU development machine, 2026-11-26; the stage-2 runs side by side"
+                 + (", stage 1 alone before them" if run == "stage1" else ""))
+        budget = ""
+    else:
+        where = (f"Trained on one {meta['devices'].split(' x ', 1)[1]} host (16 CPU cores), 2026-11-26, stage 0 "
+                 f"and stage 1 one after the other")
+        tb = cmds[-1].split("--time-budget ")[1].split()[0] if "--time-budget" in cmds[-1] else None
+        budget = f" (a {tb} s time budget)" if tb else ""
+    card = dst / "MODEL_CARD.md"
+    card.write_text(model_card(ModelConfig.from_dict(cfg_json["model"]), meta) + f"""
+## How it was made
+- {what}
+- {where}, by `{invocation or 'see runs.log'}`, in {len(targets)} segment(s) started with `--steps` \
+{', '.join(targets)}; a later segment resumes the run's last checkpoint (parameters, EMA, optimizer, data position), so
+  the batches are those of one uninterrupted run.
+- Command (last segment): `{cmds[-1]}`
+- {steps[-1]} steps of batch {meta.get('batch_size')}{budget}: {wall:.0f} s of training (logged step times) plus \
+{compile_s:.0f} s of compiles, median {ips:.0f} images/s{' (the machine shared between runs)' if on_cpu else ''}.
+- Loss (mean of logged steps): {first:.3f} over the first 50 steps, {last:.3f} over the last 100.
+- Still **undertrained** by the paper's standard (400-500k steps at batch 512); see README "Evaluation" for what it
+  does and does not follow.
+""")
+    print(f"shipped {runs / run} -> {dst.relative_to(ROOT)}  loss {first:.3f} -> {last:.3f}")
+
+
+def main(dirs: list[Path]) -> None:
+    for runs in dirs:
+        log = (runs / "runs.log").read_text().splitlines()
+        table = dict(SHIP)
+        for d in sorted(p for p in runs.glob("single_*") if p.is_dir()):  # single-task baselines (SINGLE=...)
+            task = d.name.removeprefix("single_")
+            table[d.name] = (f"single-task-{task.replace('_', '-')}-tiny",
+                             f"A single-task baseline (paper Table 3): stage 2 on `{task}` alone, from `stage1-tiny` "
+                             f"(`--variant single_task={task}`).")
+        for run, (name, what) in table.items():
+            if not (runs / run / "export").is_dir() or not _started(log, run):
+                continue
+            ship(runs, run, name, what)
+
+
+if __name__ == "__main__":
+    main([Path(p) for p in sys.argv[1:]])
