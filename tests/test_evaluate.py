@@ -30,7 +30,7 @@ def test_object_judge_colour_shape_position():
 
 def test_control_judges_follow_vs_ignored():
     for task in ("edge_to_image", "mask_to_image", "depth_to_image", "sketch_to_image"):
-        ex = T.sample(task, 6, 3, 32, split="test")
+        ex = T.sample(task, 16, 3, 32, split="test")  # 16: the edge judge gives a dense map's truth ~0.1 no credit
         kind = T.CONTROL_TASKS[task]
         right = [E.judge_control(e.target, kind, e.instruction.contexts[0].image, e.truth["background"])["value"]
                  for e in ex]
@@ -38,6 +38,20 @@ def test_control_judges_follow_vs_ignored():
                  for e, o in zip(ex, ex[1:] + ex[:1])]
         assert np.mean(right) > np.mean(wrong) + 0.3, task
         assert np.mean([E.grade(v, *E.THRESHOLDS[kind]) for v in right]) >= (0.6 if kind == "sketch" else 0.75), task
+
+
+def test_edge_judge_gives_noise_no_credit():
+    """Canny finds edges everywhere in noise; with a pixel of tolerance plain F1 gave it 0.44 (half credit on most
+    examples). The chance-corrected F1 must not."""
+    for task, kind in (("edge_to_image", "edge"), ("sketch_to_image", "sketch")):
+        ex = T.sample(task, 16, 5, 32, split="test")
+        rng = np.random.default_rng(0)
+        noise = [E.judge_control(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), kind,
+                                 e.instruction.contexts[0].image, e.truth["background"]) for e in ex]
+        assert np.mean([n["value"] for n in noise]) < 0.15 and np.mean([n["sc"] for n in noise]) <= 0.15, task
+    m = np.zeros((32, 32), bool)
+    m[8, 4:28] = m[4:28, 20] = True
+    assert E.edge_f1(m, m, 1) == 1.0 and E.edge_f1(m, np.ones_like(m), 1) == 0.0  # all-edges is chance: no credit
 
 
 def test_learned_judges_qualify_and_decide(judges):
