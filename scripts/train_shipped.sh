@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Train the checkpoints shipped in data/checkpoints/ (tiny, all stages + the baselines the evaluation needs).
-# This is the exact script that made them, on one GPU host (see each MODEL_CARD.md for the machine and times).
+# Train the checkpoints shipped in data/checkpoints/ (tiny, all stages + the baselines the evaluation needs) on one
+# accelerator host. The shipped stage0-tiny and stage1-tiny are from `BATCH0=256 SINGLE=edge_to_image
+# scripts/train_shipped.sh OUT 1.1` on an H100; that call's stage-2 runs were cut off by the machine's time limit, and
+# the stage-2 checkpoints come from scripts/train_shipped_cpu.sh on them (see each MODEL_CARD.md).
 #   scripts/train_shipped.sh OUTDIR [SCALE]
-# SCALE multiplies every time budget (1 = the shipped run; 0.05 = a smoke test on a CPU).
+# SCALE multiplies every time budget (150 s stage 0, 60 s stage 1, 120 s stage 2; 0.03 = a smoke test on a CPU).
 # ONLY="stage0 ..." runs just the named runs (to split the recipe over several calls of a time-limited machine; a
 # run started again resumes its last checkpoint). SINGLE="edge_to_image ..." adds single-task baselines.
 # BATCH (default 128) is every run's batch, BATCH0 (default BATCH) stage 0's. DEADLINE (epoch seconds) caps the
 # side-by-side stage-2 budgets so that the whole recipe ends by then (a machine lent for a fixed time): it keeps
 # 150 s for their start-up, compile (81-83 s for three side by side on an H100 host) and export.
-# TAR_TO=DIR packs each run's export, metrics and log into DIR/NAME.tgz as soon as it ends (checkpoints left out),
-# so a call cut off later still returns every run that finished.
+# TAR_TO=DIR packs each run's export, metrics and log into DIR/NAME.tgz as soon as it ends (scripts/run_lib.sh), so a
+# call cut off later still returns every run that finished.
 set -uo pipefail
 OUT=${1:?usage: scripts/train_shipped.sh OUTDIR [SCALE]}
 SCALE=${2:-1}
@@ -19,19 +21,9 @@ budget() { $PY -c "print(max(5, int($1 * $SCALE)))"; }
 deadline_cap() {  # min(budget, seconds to DEADLINE less 150 s for start-up, compile and export)
   if [ -z "${DEADLINE:-}" ]; then echo "$1"; else $PY -c "import time; print(max(5, min($1, int($DEADLINE - time.time() - 150))))"; fi
 }
-pack() {  # pack NAME: the run's export, metrics and log into TAR_TO/NAME.tgz
-  [ -n "${TAR_TO:-}" ] || return 0
-  (cd "$OUT" && tar czf "$TAR_TO/$1.tgz" --exclude='*/checkpoints' runs.log "$1" "$1.log")
-}
 BATCH=${BATCH:-128}
 COMMON=(--config tiny --export-dtype bfloat16 --log-every 50 --ckpt-every 1000 --no-progress)
-run() {  # run NAME ARGS...: one training run, its log in OUT/NAME.log
-  local name=$1; shift
-  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
-  echo "== $name: iimagen train ${COMMON[*]} $*" | tee -a "$OUT/runs.log"
-  $PY -m iimagen.cli train "${COMMON[@]}" --workdir "$OUT/$name" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?; tail -n 2 "$OUT/$name.log" | tee -a "$OUT/runs.log"; pack "$name"; return $rc
-}
+source "$(dirname "$0")/run_lib.sh"
 # Stage 0: the text-to-image backbone (stands in for the pre-trained Imagen).
 run stage0 --stage 0 --batch-size "${BATCH0:-$BATCH}" --steps 100000 --lr 1e-3 --time-budget "$(budget 150)" || exit 1
 # Stage 1: retrieval-augmented training from stage 0.
