@@ -1,7 +1,7 @@
 """Examples/s of the stage-1 and stage-2 input pipelines (iimagen.data.Loader) at 32 and 64 px, with `workers=0`
 (one background thread) and `workers=None` (one process per core, at most 16); one JSON line per case.
 
-    .venv/bin/python benchmarks/data.py [--batch 64] [--batches 16] [--workers N]
+    .venv/bin/python benchmarks/data.py [--batch 64] [--batches 16] [--workers N] [--stages 0,1,2]
 
 Each case iterates the loader as the trainer does (`for step, batch in loader`) and times `--batches` batches after
 a warm-up (imports, tokenizer, worker start-up: one batch per worker). The stage-1 pool is built before timing. The
