@@ -19,6 +19,7 @@ import numpy as np
 
 from iimagen.checkpoint import model_card
 from iimagen.configs import ModelConfig
+from iimagen.train import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIP = {  # run name -> (checkpoint name, what it is)
@@ -52,15 +53,14 @@ def _summaries(log: list[str], run: str) -> list[dict]:
     return out
 
 
-def ship(runs: Path, run: str, name: str, what: str) -> None:
-    log = (runs / "runs.log").read_text().splitlines()
-    invocation = (runs / "invocation.txt").read_text().strip() if (runs / "invocation.txt").exists() else None
+def ship(runs: Path, run: str, name: str, what: str, log: list[str], cmds: list[str], invocation: str | None) -> None:
+    """Ship `runs/run` as data/checkpoints/`name`; `log` is runs.log's lines, `cmds` the ones that started the run."""
     export = runs / run / "export"
     dst = ROOT / "data" / "checkpoints" / name
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(export, dst)
     shutil.copy(runs / run / "metrics.jsonl", dst / "metrics.jsonl")
-    recs = [json.loads(x) for x in (runs / run / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(runs / run)  # one record per logged step
     by_step = {r["step"]: r for r in recs}
     steps = sorted(by_step)
     per_log = steps[0] if steps else 1
@@ -68,7 +68,6 @@ def ship(runs: Path, run: str, name: str, what: str) -> None:
     first = np.mean([by_step[s]["loss"] for s in steps[:head]])
     last = np.mean([by_step[s]["loss"] for s in steps[-max(1, round(100 / per_log)):]])
     ips = np.median([r["images_per_s"] for r in recs])
-    cmds = _started(log, run)
     targets = [c.split("--steps ")[1].split()[0] for c in cmds]
     sums = _summaries(log, run)
     compile_s = sum(s.get("compile_s", 0) for s in sums)
@@ -109,6 +108,7 @@ def ship(runs: Path, run: str, name: str, what: str) -> None:
 def main(dirs: list[Path]) -> None:
     for runs in dirs:
         log = (runs / "runs.log").read_text().splitlines()
+        invocation = (runs / "invocation.txt").read_text().strip() if (runs / "invocation.txt").exists() else None
         table = dict(SHIP)
         for d in sorted(p for p in runs.glob("single_*") if p.is_dir()):  # single-task baselines (SINGLE=...)
             task = d.name.removeprefix("single_")
@@ -116,9 +116,9 @@ def main(dirs: list[Path]) -> None:
                              f"A single-task baseline (paper Table 3): stage 2 on `{task}` alone, from `stage1-tiny` "
                              f"(`--variant single_task={task}`).")
         for run, (name, what) in table.items():
-            if not (runs / run / "export").is_dir() or not _started(log, run):
-                continue
-            ship(runs, run, name, what)
+            cmds = _started(log, run)
+            if (runs / run / "export").is_dir() and cmds:
+                ship(runs, run, name, what, log, cmds, invocation)
 
 
 if __name__ == "__main__":
