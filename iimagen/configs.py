@@ -51,6 +51,7 @@ class ModelConfig:
     dtype: str = "float32"         # compute dtype; parameters, norms and softmax stay float32
     dropout: float = 0.0
     input_skip: bool = False       # full-resolution skip: input conv -> output head (zero-initialised, see unet.py)
+    ctx_query_pos: bool = False    # queries of the context cross-attention get the context's 2-D position (unet.py)
 
     def __post_init__(self):
         # JSON turns tuples into lists: accept both, store tuples so the config stays hashable.
@@ -137,7 +138,7 @@ def tiny() -> ModelConfig:
     """
     return ModelConfig(name="tiny", resolution=32, channels=32, channel_mult=(1, 2), blocks_per_level=2,
                        attn_levels=(1,), head_dim=32, norm_groups=8, text_width=128, text_layers=3,
-                       input_skip=True)
+                       input_skip=True, ctx_query_pos=True)
 
 
 def small() -> ModelConfig:
@@ -152,7 +153,7 @@ def small() -> ModelConfig:
     """
     return ModelConfig(name="small", resolution=64, channels=128, channel_mult=(1, 2, 3), blocks_per_level=3,
                        attn_levels=(1, 2), head_dim=64, norm_groups=32, text_width=256, text_layers=4,
-                       dtype="bfloat16", input_skip=True)
+                       dtype="bfloat16", input_skip=True, ctx_query_pos=True)
 
 
 def base() -> ModelConfig:
@@ -168,7 +169,7 @@ def base() -> ModelConfig:
     """
     return ModelConfig(name="base", resolution=128, channels=128, channel_mult=(1, 2, 4), blocks_per_level=8,
                        attn_levels=(2,), head_dim=64, norm_groups=32, text_width=512, text_layers=6,
-                       dtype="bfloat16", input_skip=True)
+                       dtype="bfloat16", input_skip=True, ctx_query_pos=True)
 
 
 CONFIGS = {"tiny": tiny, "small": small, "base": base}

@@ -125,17 +125,24 @@ def build_model(tc: TrainConfig) -> InstructImagen:
     # Stages 1 and 2 keep the weights' layout; the only change is adding parts that start at identity.
     settable = [k for k in GROWABLE if k != "use_context"]  # stages 1 and 2 always have the context branch
     added = parse_overrides(tc.override)
-    if set(added) - set(settable):
+    if set(added) - set(settable) - {"ctx_query_pos"}:
         raise TrainError(f"--override {tc.override!r}: stage {tc.stage} keeps the --init model's layout; only "
-                         + ", ".join(f"{k}=true|false" for k in settable) + " (parts added at identity) can be set")
+                         + ", ".join(f"{k}=true|false" for k in settable) + " (parts added at identity) and "
+                         "ctx_query_pos=true|false (when the context branch is attached) can be set")
     model, _, meta = load_any(tc.init)
     if model.cfg.name != tc.config:
         raise TrainError(f"--init {tc.init} holds a {model.cfg.name!r} model but --config is {tc.config!r}; "
                          f"use --config {model.cfg.name} or another --init")
-    # From stage 0: the context branch, at identity. Each part the config (or --override) switches on and --init
-    # lacks (the input skip), at identity.
-    changes = {} if model.cfg.use_context else {"use_context": True}
     default = get_config(tc.config)
+    # From stage 0: the context branch, at identity, laid out as the config (or --override) says. Each part the
+    # config (or --override) switches on and --init lacks (the input skip), at identity.
+    changes = {}
+    if not model.cfg.use_context:
+        changes = {"use_context": True, "ctx_query_pos": bool(added.get("ctx_query_pos", default.ctx_query_pos))}
+    elif "ctx_query_pos" in added and bool(added["ctx_query_pos"]) != model.cfg.ctx_query_pos:
+        raise TrainError(f"--override ctx_query_pos={added['ctx_query_pos']}: --init {tc.init} already has its "
+                         f"context branch (ctx_query_pos={model.cfg.ctx_query_pos}); it is chosen when the branch is "
+                         "attached, so train stage 1 again from stage 0 with it, or drop the override")
     changes.update({k: True for k in settable if added.get(k, getattr(default, k)) and not getattr(model.cfg, k)})
     if changes:
         model = grow(model, rngs=nnx.Rngs(tc.seed + 1), **changes)

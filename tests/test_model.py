@@ -13,7 +13,7 @@ from flax import nnx
 
 from iimagen.configs import ConfigError, ModelConfig, get_config
 from iimagen.model import (InstructImagen, ModelInputError, attach_context, attend,
-                           context_attention, param_count, param_table)
+                           context_attention, grow, param_count, param_table)
 
 # One width everywhere: few distinct parameter shapes, so few XLA compiles of the initialisers.
 MICRO = ModelConfig(name="micro", resolution=16, channels=16, channel_mult=(1, 1), blocks_per_level=1,
@@ -189,6 +189,42 @@ def test_input_skip_starts_at_identity_and_carries_full_resolution():
     assert float(jnp.abs(f(b) - f0(b)).max()) > 1e-3
     with pytest.raises(ModelInputError, match="only parts that start at identity"):
         attach_context(t2i, nnx.Rngs(5), channels=8)
+
+
+def test_context_query_position_aligns_at_birth_and_keeps_identity():
+    """attach_context(..., ctx_query_pos=True): the output is still bit-equal to the text-to-image model's; the key
+    projection starts equal to the query projection and the queries carry the tokens' 2-D position, so each query's
+    attention peaks on the context token at its own place (it does not without ctx_query_pos); once the branch is
+    live the query position changes the output. It can only be chosen when the branch is attached."""
+    t2i = InstructImagen(dataclasses.replace(MICRO, use_context=False), nnx.Rngs(0))
+    b = make_batch(MICRO)
+    fwd = lambda m, b: m(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
+    f0 = jit_method(t2i, lambda m, b: m(b["x"], b["t"], b["text_ids"]))
+    r, T = MICRO.bottleneck_resolution, MICRO.ctx_tokens_per_image
+
+    def own_place_weight(model):
+        text = model.encode_text(b["text_ids"])
+        ctx = model.encode_context(b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
+        w = context_attention(model, b["x"], b["t"], text, ctx)["middle"]       # [B, heads, r*r, K*T]
+        return float(jnp.mean(jnp.diagonal(w[..., :T], axis1=2, axis2=3)))      # slot 0, token under the query
+
+    aligned = attach_context(t2i, nnx.Rngs(5), ctx_query_pos=True)
+    plain = attach_context(t2i, nnx.Rngs(5), ctx_query_pos=False)
+    np.testing.assert_array_equal(np.asarray(jit_method(aligned, fwd)(b)), np.asarray(f0(b)))
+    a = aligned.middle.ctx_attn
+    np.testing.assert_array_equal(np.asarray(a.kv.kernel.value[:, :MICRO.channels]), np.asarray(a.q.kernel.value))
+    uniform = 1.0 / (MICRO.K * T)
+    assert own_place_weight(aligned) > 3 * uniform and own_place_weight(plain) < 1.5 * uniform
+    # Live branch: dropping the query position (same weights otherwise) changes the output.
+    for blk in [aligned.middle] + [x for lv in aligned.encoder for x in lv.blocks] + \
+               [x for lv in aligned.decoder for x in lv.blocks]:
+        if blk.ctx_attn is not None:
+            blk.ctx_attn.out.kernel.value = 0.3 * jnp.eye(MICRO.channels)
+    without = nnx.merge(*nnx.split(aligned))
+    without.cfg = dataclasses.replace(aligned.cfg, ctx_query_pos=False)
+    assert float(jnp.abs(jit_method(aligned, fwd)(b) - jit_method(without, fwd)(b)).max()) > 1e-3
+    with pytest.raises(ModelInputError, match="together with use_context"):
+        grow(plain, nnx.Rngs(6), ctx_query_pos=True)
 
 
 def test_gradients_reach_shared_encoder_through_context(micro):

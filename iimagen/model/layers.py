@@ -71,14 +71,15 @@ class Attention(nnx.Module):
         self.out = nnx.Linear(dim, dim, use_bias=False, kernel_init=init, **lin)
         self.dtype = dtype
 
-    def __call__(self, x, cond=None, mask=None, return_weights=False):
+    def __call__(self, x, cond=None, mask=None, return_weights=False, q_pos=None):
+        """`q_pos` [N, C] (cross-attention only): a position code added to the normalised queries, not the values."""
         B, N, C = x.shape
         h = self.norm(x).astype(self.dtype)
         split = lambda a: a.reshape(a.shape[0], a.shape[1], self.heads, -1)
         if self.self_attn:
             q, k, v = jnp.split(self.qkv(h), 3, axis=-1)
         else:
-            q = self.q(h)
+            q = self.q(h if q_pos is None else h + q_pos.astype(self.dtype))
             k, v = jnp.split(self.kv(cond.astype(self.dtype)), 2, axis=-1)
         o = attend(split(q), split(k), split(v), mask, return_weights)
         o, w = o if return_weights else (o, None)

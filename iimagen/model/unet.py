@@ -15,6 +15,12 @@ Layout (Imagen's Efficient UNet with `numResNetBlocksPerBlock=1`, several blocks
 
 The context cross-attention starts with a zero output projection, so a freshly attached context branch leaves the
 stage-0 text-to-image model's output unchanged to the last bit (`attach_context`).
+
+`cfg.ctx_query_pos` (the kit's addition; the paper does not say how context tokens are placed) gives the context
+cross-attention's queries the same 2-D position code as the context tokens and starts its key projection equal to
+its query projection, so a query starts out attending to the context tokens at its own place. Without it, the
+queries (conv features) carry almost no absolute position and a spatial control cannot be read pixel-to-pixel:
+the branch stayed unused through the shipped chain's stage 1 and 600 stage-2 steps (see README, "Context use").
 """
 from __future__ import annotations
 
@@ -32,6 +38,9 @@ from .text import TextEncoder, TextFeatures
 
 class ModelInputError(ValueError):
     """An input array has the wrong shape or is missing; the message names the argument and the fix."""
+
+
+POS_RMS = 0.7  # initial rms per axis of the context's 2-D position code when it also drives the queries
 
 
 class ContextFeatures(NamedTuple):
@@ -60,8 +69,14 @@ class Block(nnx.Module):
         ctx_dim = cfg.level_channels[-1]
         self.ctx_attn = (Attention(cout, heads, kv_dim=ctx_dim, norm_groups=g, zero_init=True, dtype=dt, rngs=rngs)
                          if attn and cfg.use_context else None)
+        if self.ctx_attn is not None and cfg.ctx_query_pos and ctx_dim == cout:
+            # Aligned at birth: with the key projection equal to the query projection, q_ij . k_ij holds the
+            # position term |W (row_i + col_j)|^2, so each query starts out reading the context tokens under it
+            # (what a spatial control needs); subject and style contexts train it away from there.
+            a = self.ctx_attn
+            a.kv.kernel.value = a.kv.kernel.value.at[:, :cout].set(a.q.kernel.value)
 
-    def __call__(self, x, emb, text: TextFeatures, ctx: ContextFeatures | None, name="", probe=None):
+    def __call__(self, x, emb, text: TextFeatures, ctx: ContextFeatures | None, name="", probe=None, q_pos=None):
         x = self.res(x, emb)
         if self.self_attn is not None:
             B, H, W, C = x.shape
@@ -69,11 +84,12 @@ class Block(nnx.Module):
             h = self.self_attn(h)
             h = self.text_attn(h, text.tokens, text.mask)
             if self.ctx_attn is not None and ctx is not None:
+                qp = q_pos if q_pos is not None and q_pos.shape == (H * W, C) else None  # the context's own grid
                 if probe is not None and "ctx_attn" in probe:
-                    h, w = self.ctx_attn(h, ctx.tokens, ctx.mask, return_weights=True)
+                    h, w = self.ctx_attn(h, ctx.tokens, ctx.mask, return_weights=True, q_pos=qp)
                     probe["ctx_attn"].append((name, w))
                 else:
-                    h = self.ctx_attn(h, ctx.tokens, ctx.mask)
+                    h = self.ctx_attn(h, ctx.tokens, ctx.mask, q_pos=qp)
             x = h.reshape(B, H, W, C)
         if probe is not None and "shapes" in probe:
             probe["shapes"].append((name, tuple(x.shape)))
@@ -139,12 +155,15 @@ class InstructImagen(nnx.Module):
         self.out_conv = nnx.Conv(c0, 3, (3, 3), **lin)
         if cfg.use_context:
             # Context tokens: LayerNorm(bottleneck features) + slot embedding (which k) + 2-D position (row + col).
+            # With cfg.ctx_query_pos the same 2-D position is also added to the context cross-attention's queries
+            # (see Block), and it starts at rms POS_RMS per axis so that it is the alignment signal from the start.
             cL, r = chans[-1], cfg.bottleneck_resolution
-            init = lambda *shape: nnx.Param(0.02 * jax.random.normal(rngs.params(), shape, jnp.float32))
+            init = lambda scale, *shape: nnx.Param(scale * jax.random.normal(rngs.params(), shape, jnp.float32))
+            pos = POS_RMS if cfg.ctx_query_pos else 0.02
             self.ctx_norm = nnx.LayerNorm(cL, dtype=jnp.float32, rngs=rngs)
-            self.ctx_slot = init(cfg.K, cL)
-            self.ctx_row = init(r, cL)
-            self.ctx_col = init(r, cL)
+            self.ctx_slot = init(0.02, cfg.K, cL)
+            self.ctx_row = init(pos, r, cL)
+            self.ctx_col = init(pos, r, cL)
 
     # ---- conditioning --------------------------------------------------------------------------------------------
     def encode_text(self, text_ids) -> TextFeatures:
@@ -160,6 +179,14 @@ class InstructImagen(nnx.Module):
         return (e + self.text_pool(text.pooled)).astype(jnp.float32)
 
     # ---- the two halves of the UNet ------------------------------------------------------------------------------
+    def _query_pos(self, ctx):
+        """[r*r, C]: the context tokens' 2-D position code on the bottleneck grid, for the context cross-attention's
+        queries (cfg.ctx_query_pos), or None."""
+        if ctx is None or not self.cfg.ctx_query_pos:
+            return None
+        r, C = self.ctx_row.value.shape
+        return (self.ctx_row.value[:, None, :] + self.ctx_col.value[None, :, :]).reshape(r * r, C)
+
     def _encode(self, x, emb, text, ctx, probe=None):
         """The down-sampling encoder: returns the lowest-resolution feature map and the skips (the first skip is the
         input conv's full-resolution features, used by the output head when cfg.input_skip)."""
@@ -168,7 +195,7 @@ class InstructImagen(nnx.Module):
         for l, level in enumerate(self.encoder):
             h = level.down(h)
             for i, block in enumerate(level.blocks):
-                h = block(h, emb, text, ctx, f"DBlock-{l + 1}.{i + 1}", probe)
+                h = block(h, emb, text, ctx, f"DBlock-{l + 1}.{i + 1}", probe, self._query_pos(ctx))
                 skips.append(h)
         return h, skips
 
@@ -177,7 +204,7 @@ class InstructImagen(nnx.Module):
         for j, level in enumerate(self.decoder):
             for i, block in enumerate(level.blocks):
                 h = block(jnp.concatenate([h, skips.pop()], axis=-1), emb, text, ctx, f"UBlock-{L - j}.{i + 1}",
-                          probe)
+                          probe, self._query_pos(ctx))
             h = level.up(h)
         h0 = skips.pop()
         if self.cfg.input_skip:
@@ -234,7 +261,7 @@ class InstructImagen(nnx.Module):
             probe["ctx_attn"] = []
         emb = self._embed(t, text)
         h, skips = self._encode(x_t, emb, text, ctx, probe)
-        h = self.middle(h, emb, text, ctx, "middle", probe)
+        h = self.middle(h, emb, text, ctx, "middle", probe, self._query_pos(ctx))
         v = self._decode(h, skips, emb, text, ctx, probe)
         return (v, dict(probe["ctx_attn"])) if return_attention else v
 
@@ -270,10 +297,14 @@ GROWABLE = ("use_context", "input_skip")  # config switches whose new parts are 
 def grow(model: InstructImagen, rngs: nnx.Rngs | None = None, **changes) -> InstructImagen:
     """`model` with new parts switched on (`use_context=True`, `input_skip=True`), each zero-initialised, every
     existing weight copied: the outputs are bit-equal to the old model's until training moves the new parts."""
-    bad = sorted(k for k, v in changes.items() if k not in GROWABLE or v is not True)
+    # ctx_query_pos is part of the context branch's layout: it can be chosen only when that branch is attached.
+    attaching = changes.get("use_context") is True and not model.cfg.use_context
+    bad = sorted(k for k, v in changes.items()
+                 if not (k in GROWABLE and v is True or k == "ctx_query_pos" and attaching))
     if bad:
         raise ModelInputError(f"grow: cannot change {bad}; only parts that start at identity can be switched on: "
-                              + ", ".join(f"{k}=True" for k in GROWABLE))
+                              + ", ".join(f"{k}=True" for k in GROWABLE)
+                              + " (and ctx_query_pos=True|False together with use_context=True)")
     cfg, rngs = dataclasses.replace(model.cfg, **changes), rngs or nnx.Rngs(0)
     new = nnx.jit(lambda r: InstructImagen(cfg, r))(rngs)  # one compiled init, not one per parameter shape
     nnx.update(new, nnx.state(model))                # a partial state: only the shared paths are replaced
