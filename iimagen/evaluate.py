@@ -711,6 +711,72 @@ def generate(gen, examples: list, variant: str | None = None, sampler: str = "dd
     return out
 
 
+# ------------------------------------------------------------------------------------------------- context use
+def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t_range=(0.5, 1.0),
+                variant: str | None = None, batch_size: int = 32) -> dict:
+    """Does the model read its context? The denoising loss (paper App. A.2.2) on `n` held-out examples per task with
+    the true context, with the context of another example (the batch rolled by one) and with none (every slot
+    empty), at the same t ~ U[t_range] and noise. `gain` = 1 - true / shuffled: 0 means the context branch is not
+    used at all (the outputs would be the same with any reference); the mid-to-high noise levels of the default
+    range are where a reference decides the layout. Returns {task: {"true", "shuffled", "none", "gain"}}."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from .diffusion import q_sample, v_target
+
+    cfg = model.cfg
+    if not cfg.use_context:
+        raise EvalError("context_use: this is a text-to-image model (cfg.use_context=False); it has no context")
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def losses(state, b, key):
+        m = nnx.merge(graphdef, state)
+        x0 = b["image"]
+        kt, kn = jax.random.split(key)
+        t = jax.random.uniform(kt, x0.shape[:1], minval=t_range[0], maxval=t_range[1])
+        noise = jax.random.normal(kn, x0.shape)
+        x_t, target, text = q_sample(x0, t, noise), v_target(x0, noise, t), m.encode_text(b["text_ids"])
+        out = {}
+        for name, (ci, cid, cm) in {
+                "true": (b["ctx_image"], b["ctx_ids"], b["ctx_mask"]),
+                "shuffled": tuple(jnp.roll(b[k], 1, axis=0) for k in ("ctx_image", "ctx_ids", "ctx_mask")),
+                "none": (b["ctx_image"], b["ctx_ids"], jnp.zeros_like(b["ctx_mask"]))}.items():
+            v = m.denoise(x_t, t, text, m.encode_context(ci, cid, cm))
+            out[name] = jnp.sum(jnp.mean((v - target) ** 2, axis=(1, 2, 3)))
+        return out
+
+    res = {}
+    for ti, task in enumerate(tasks):
+        exs = T.sample(task, n, seed, cfg.resolution, split="test")
+        tot = {"true": 0.0, "shuffled": 0.0, "none": 0.0}
+        for s in range(0, n, batch_size):  # (a shorter last batch compiles once more)
+            chunk = exs[s:s + batch_size]
+            b = model_batch(chunk, tokenizer, cfg, variant)
+            b["image"] = np.stack([np.asarray(e.target, np.float32) / 127.5 - 1.0 for e in chunk])
+            got = losses(state, b, jax.random.fold_in(jax.random.PRNGKey(seed), ti * 100_003 + s))
+            for key in tot:
+                tot[key] += float(got[key])
+        r = {key: v / n for key, v in tot.items()}
+        r["gain"] = 1.0 - r["true"] / r["shuffled"]
+        res[task] = r
+    return res
+
+
+def context_use_markdown(use: dict) -> str:
+    """{model: context_use(...)} -> a markdown table: per task, true / shuffled / no-context loss and the gain."""
+    tasks = list(dict.fromkeys(t for r in use.values() for t in r))
+    rows = ["", "Context use (`context_use`: denoising loss at t in [0.5, 1] with the true context / another "
+                "example's / none; gain = 1 - true / another's; 0 = the context is not read):", "",
+            "| task | " + " | ".join(use) + " |", "|---" * (len(use) + 1) + "|"]
+    for t in tasks:
+        cells = [f"{r[t]['true']:.4f} / {r[t]['shuffled']:.4f} / {r[t]['none']:.4f}, **{100 * r[t]['gain']:+.0f} %**"
+                 if t in r else "" for r in use.values()]
+        rows.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------- tables
 GROUND_TRUTH, NOISE = "Ground truth (anchor)", "Random noise (anchor)"
 NAMES = {"instruct-imagen": "Instruct-Imagen", "multitask": "Multi-task (no instruction)",
@@ -838,6 +904,8 @@ def cli_eval(argv=None) -> int:
     p.add_argument("--clip", default="dynamic", help="x0 thresholding while sampling: dynamic (Imagen), static, none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", nargs="*", default=None, help="default: all in-domain and zero-shot tasks")
+    p.add_argument("--context-use", action="store_true",
+                   help="also measure each model's loss with the true / another example's / no context (context_use)")
     a = p.parse_args(argv)
     try:
         if a.n < 1:
@@ -859,13 +927,21 @@ def cli_eval(argv=None) -> int:
 
         res = evaluate_models(models, tasks, a.n, a.seed, sampler=a.sampler, steps=a.steps,
                               guidance=parse_guidance(a.guidance), clip=a.clip)
+        use = {}
+        if a.context_use:
+            with_ctx = [t for t in tasks if t != "text_to_image"]
+            for name, g in models.items():
+                for task, gen in (g.items() if isinstance(g, dict) else [(t, g) for t in with_ctx]):
+                    if task in with_ctx and gen.cfg.use_context:
+                        use.setdefault(name, {}).update(context_use(gen.model, gen.tokenizer, [task], max(a.n, 32),
+                                                                    a.seed, variant=model_variant(gen)))
     except (ValueError, FileNotFoundError) as e:
         print(f"iimagen eval: {e}", file=sys.stderr)
         return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table_markdown(res))
-    (out / "scores.json").write_text(json.dumps({"results": res, "n": a.n, "sampler": a.sampler, "steps": a.steps,
+    (out / "table.md").write_text(table_markdown(res) + (context_use_markdown(use) if use else ""))
+    (out / "scores.json").write_text(json.dumps({"results": res, "context_use": use, "n": a.n, "sampler": a.sampler, "steps": a.steps,
                                                  "guidance": a.guidance, "clip": a.clip, "seed": a.seed, "judges": load_judges()["report"]}, indent=1))
     plot_fig4(res, out / "fig4.png")
     print(json.dumps({"out": str(out), "models": list(res), "tasks": len(tasks)}))

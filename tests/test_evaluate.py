@@ -1,6 +1,7 @@
 """Judges are right on renders with known answers and wrong on renders made to fail; score arithmetic; the table."""
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -155,3 +156,25 @@ def test_cli_eval_writes_table_and_groups_single_task(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "fig4.png").stat().st_size > 1000
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o2"), "--n", "0"]) == 2
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o2"), "--tasks", "bogus"]) == 2
+
+
+def test_context_use_is_zero_for_a_dead_context_branch_and_not_for_a_live_one():
+    """evaluate.context_use: with every context cross-attention's output projection at zero (a branch attached but
+    never trained) the loss is exactly the same with the true, another example's and no context (gain 0); with a
+    live branch the three differ."""
+    from iimagen.checkpoint import random_model
+    from iimagen.configs import get_config
+    from iimagen.evaluate import context_use
+    from iimagen.tokenizer import load_tokenizer
+
+    model = random_model(get_config("tiny"), seed=3)
+    tok = load_tokenizer()
+    live = context_use(model, tok, ["edge_to_image"], n=8, batch_size=8)["edge_to_image"]
+    assert abs(live["true"] - live["shuffled"]) > 1e-6 and abs(live["true"] - live["none"]) > 1e-6
+    blocks = [model.middle] + [b for lv in model.encoder for b in lv.blocks] + [b for lv in model.decoder for b in lv.blocks]
+    for b in blocks:
+        if b.ctx_attn is not None:
+            b.ctx_attn.out.kernel.value = jnp.zeros_like(b.ctx_attn.out.kernel.value)
+    dead = context_use(model, tok, ["edge_to_image"], n=8, batch_size=8)["edge_to_image"]
+    assert dead["true"] == dead["shuffled"] == dead["none"] and dead["gain"] == 0.0
+    assert dead["true"] > 0
