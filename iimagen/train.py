@@ -371,6 +371,7 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
         state, old = restore_state(mngr, state, tc, cfg)
         wall_before = float(old.get("wall_s", 0.0))
     start = int(jax.device_get(state["step"]))
+    drop_lost_records(workdir, start)
 
     # Compile before the data workers start: on a GPU host they would otherwise take the CPU cores XLA compiles on
     # (measured on an H200 host: a 44 s compile stretched past a 70 s time budget). The time budget starts after.
@@ -436,6 +437,20 @@ def export(workdir: Path, graphdef, state, tc: TrainConfig, cfg: ModelConfig, wa
             "wall_s": wall, "command": "iimagen train " + " ".join(_argv_of(tc))}
     if jax.process_index() == 0:
         ckpt_lib.save_model(Path(workdir) / "export", model, meta, dtype=tc.export_dtype)
+
+
+def drop_lost_records(workdir, step: int) -> int:
+    """Remove the metrics records past `step` (the checkpoint a run resumes from): they were logged by a segment that
+    was killed after its last checkpoint, and the resumed run logs those steps again (or, with a smaller --steps,
+    never reaches them). Returns how many were dropped."""
+    path = Path(workdir, "metrics.jsonl")
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    keep = [x for x in lines if json.loads(x)["step"] <= step]
+    if len(keep) < len(lines):
+        path.write_text("".join(x + "\n" for x in keep))
+    return len(lines) - len(keep)
 
 
 def read_metrics(workdir) -> list[dict]:

@@ -124,6 +124,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "full")}
     b = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "killed")}
     assert sorted(a) == sorted(b) == list(range(1, 11))
+    raw = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert raw == list(range(1, 11))  # what the killed run logged past its checkpoint was dropped on resume
     np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-5)
     # the export's training time counts the killed run's time up to its checkpoint, not only the resumed run's
     from iimagen.checkpoint import load_model
@@ -131,6 +133,18 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     summary = json.loads(resumed.stdout.read().strip().splitlines()[-1])
     assert summary["total_wall_s"] > summary["wall_s"] > 0
     assert load_model(tmp_path / "killed" / "export")[2]["wall_s"] == pytest.approx(summary["total_wall_s"])
+
+
+def test_resume_drops_records_logged_after_the_checkpoint(tmp_path):
+    """A run killed after its step-8 checkpoint may have logged steps 9-10; resuming from 8 drops them, so a resumed
+    run with a smaller --steps does not keep a loss the exported model never had."""
+    from iimagen.train import drop_lost_records
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n"
+                                                    for s in range(1, 11)))
+    assert drop_lost_records(tmp_path, 8) == 2
+    assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 9))
+    assert drop_lost_records(tmp_path, 8) == 0 and drop_lost_records(tmp_path / "none", 3) == 0
 
 
 def test_eight_devices_give_the_losses_of_one(tmp_path):
