@@ -930,10 +930,11 @@ def cli_eval(argv=None) -> int:
         use = {}
         if a.context_use:
             with_ctx = [t for t in tasks if t != "text_to_image"]
-            for name, g in models.items():
-                for task, gen in (g.items() if isinstance(g, dict) else [(t, g) for t in with_ctx]):
-                    if task in with_ctx and gen.cfg.use_context:
-                        use.setdefault(name, {}).update(context_use(gen.model, gen.tokenizer, [task], max(a.n, 32),
+            for name, g in models.items():  # one call per model: one compile for all its tasks
+                for gen, ts in ([(gen, [t]) for t, gen in g.items()] if isinstance(g, dict) else [(g, with_ctx)]):
+                    ts = [t for t in ts if t in with_ctx]
+                    if ts and gen.cfg.use_context:
+                        use.setdefault(name, {}).update(context_use(gen.model, gen.tokenizer, ts, max(a.n, 32),
                                                                     a.seed, variant=model_variant(gen)))
     except (ValueError, FileNotFoundError) as e:
         print(f"iimagen eval: {e}", file=sys.stderr)
