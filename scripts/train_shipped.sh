@@ -9,7 +9,11 @@
 # run started again resumes its last checkpoint). SINGLE="edge_to_image ..." adds single-task baselines.
 # BATCH (default 128) is every run's batch, BATCH0 (default BATCH) stage 0's. DEADLINE (epoch seconds) caps the
 # side-by-side stage-2 budgets so that the whole recipe ends by then (a machine lent for a fixed time): it keeps
-# 150 s for their start-up, compile (81-83 s for three side by side on an H100 host) and export.
+# MARGIN (default 150) seconds for their start-up, compile (81-83 s for three side by side on an H100 host without the
+# cache below) and export.
+# STAGE0=DIR starts stage 1 and no_stage1 from that stage-0 export (e.g. the shipped data/checkpoints/stage0-tiny)
+# instead of training stage 0. Compiled programs go to a persistent cache (JAX_COMPILATION_CACHE_DIR, default OUT/jax_cache): the stage-2
+# runs share stage 1's train step, so they load it instead of compiling it again, one each.
 # TAR_TO=DIR packs each run's export, metrics and log into DIR/NAME.tgz as soon as it ends (scripts/run_lib.sh), so a
 # call cut off later still returns every run that finished.
 set -uo pipefail
@@ -18,27 +22,34 @@ SCALE=${2:-1}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 budget() { $PY -c "print(max(5, int($1 * $SCALE)))"; }
-deadline_cap() {  # min(budget, seconds to DEADLINE less 150 s for start-up, compile and export)
-  if [ -z "${DEADLINE:-}" ]; then echo "$1"; else $PY -c "import time; print(max(5, min($1, int($DEADLINE - time.time() - 150))))"; fi
+deadline_cap() {  # min(budget, seconds to DEADLINE less MARGIN for start-up, compile and export)
+  if [ -z "${DEADLINE:-}" ]; then echo "$1"; else
+    $PY -c "import time; print(max(5, min($1, int($DEADLINE - time.time() - ${MARGIN:-150}))))"; fi
 }
 BATCH=${BATCH:-128}
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$OUT/jax_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
 COMMON=(--config tiny --export-dtype bfloat16 --log-every 50 --ckpt-every 1000 --no-progress)
 source "$(dirname "$0")/run_lib.sh"
 # Stage 0: the text-to-image backbone (stands in for the pre-trained Imagen).
-run stage0 --stage 0 --batch-size "${BATCH0:-$BATCH}" --steps 100000 --lr 1e-3 --time-budget "$(budget 150)" || exit 1
+S0=${STAGE0:-$OUT/stage0}
+[ -n "${STAGE0:-}" ] || run stage0 --stage 0 --batch-size "${BATCH0:-$BATCH}" --steps 100000 --lr 1e-3 \
+  --time-budget "$(budget 150)" || exit 1
 # Stage 1: retrieval-augmented training from stage 0.
-run stage1 --stage 1 --batch-size "$BATCH" --init "$OUT/stage0" --steps 100000 --time-budget "$(budget 60)" \
+run stage1 --stage 1 --batch-size "$BATCH" --init "$S0" --steps 100000 --time-budget "$(budget 60)" \
   --pool-size 8192 || exit 1
 # Stage 2 and the baselines, side by side on the one accelerator (each takes a share of memory and data workers).
 N_SIDE=$((3 + $(echo ${SINGLE:-} | wc -w)))
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$($PY -c "print(round(0.95 / $N_SIDE, 3))")  # 0.317 for the three
 B2=$(deadline_cap "$(budget 120)")
 COMMON+=(--batch-size "$BATCH" --steps 100000 --time-budget "$B2")
-run stage2 --stage 2 --init "$OUT/stage1" --workers 8 &
-run multitask --stage 2 --variant no_instruction --init "$OUT/stage1" --workers 4 &
-run no_stage1 --stage 2 --init "$OUT/stage0" --workers 4 &
+# Data workers (the host has 16 cores): stage2, multitask, no_stage1, each single-task run.
+if [ "$N_SIDE" -gt 5 ]; then W=(4 3 3 1); else W=(8 4 4 2); fi
+run stage2 --stage 2 --init "$OUT/stage1" --workers "${W[0]}" &
+run multitask --stage 2 --variant no_instruction --init "$OUT/stage1" --workers "${W[1]}" &
+run no_stage1 --stage 2 --init "$S0" --workers "${W[2]}" &
 for task in ${SINGLE:-}; do
-  run "single_$task" --stage 2 --variant "single_task=$task" --init "$OUT/stage1" --workers 2 &
+  run "single_$task" --stage 2 --variant "single_task=$task" --init "$OUT/stage1" --workers "${W[3]}" &
 done
 wait
 echo "== done" | tee -a "$OUT/runs.log"
