@@ -3,6 +3,7 @@ Flax UNet at about the kit model's FLOPs) is found by `peer` in benchmarks/sampl
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import jax
@@ -37,6 +38,14 @@ def matmul_peak() -> dict:
 def device_name() -> str:
     d = jax.devices()[0]
     return f"{jax.device_count()} x {d.device_kind} ({d.platform})"
+
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Progress to stderr with the seconds since start (compiles on an accelerator can take minutes)."""
+    print(f"[{time.perf_counter() - _T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def emit(record: dict) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common import device_name, emit, matmul_peak, timeit, xla_flops
+from common import device_name, emit, log, matmul_peak, timeit, xla_flops
 
 
 def fake_batch(cfg, batch, rng=0):
@@ -53,7 +53,9 @@ def kit_case(config, batch, dtype):
              "step": jnp.zeros((), jnp.int32)}
     step = jax.jit(T.make_train_step(graphdef, tx, tc, len(TASK_NAMES)))
     b = T.shard_batch(mesh, fake_batch(cfg, batch))
-    flops = xla_flops(step.lower(state, b).compile())
+    step = step.lower(state, b).compile()  # timed as compiled here: calling the jit again would compile it twice
+    log(f"kit step compiled ({config}, batch {batch})")
+    flops = xla_flops(step)
     s = timeit(lambda st: step(st, b)[1]["loss"], state)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     return {"model": f"iimagen {config}", "params_M": n_params / 1e6, "fwd_gflops_per_image": None,
@@ -66,6 +68,7 @@ def peer_case(cfg, batch, dtype, target_fwd_flops):
     from sampling import peer
 
     variant, fwd, unet, _ = peer(cfg, target_fwd_flops)
+    log(f"peer found: {variant}")
     unet = unet.clone(dtype=jnp.dtype(dtype))
     size, chans = variant["sample_size"], variant["in_channels"]  # pixel-unshuffled input when the search chose it
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, chans, size, size)), jnp.float32)
@@ -89,9 +92,10 @@ def peer_case(cfg, batch, dtype, target_fwd_flops):
         return (optax.apply_updates(params, upd), opt), loss
 
     state = (params, tx.init(params))
-    jstep = jax.jit(step)
     key = jax.random.key(0)
-    flops = xla_flops(jstep.lower(state, key).compile())
+    jstep = jax.jit(step).lower(state, key).compile()
+    log("peer step compiled")
+    flops = xla_flops(jstep)
     s = timeit(lambda st: jstep(st, key)[1], state)
     n_params = sum(p.size for p in jax.tree.leaves(params))
     return {"model": f"diffusers FlaxUNet2DConditionModel {variant}", "params_M": n_params / 1e6,
@@ -108,6 +112,7 @@ def main(argv=None):
     p.add_argument("--no-peer", action="store_true")
     a = p.parse_args(argv)
     peak = matmul_peak()
+    log(f"matmul peak {peak['peak_tflops']:.0f} TFLOP/s")
     common = {"bench": "train", "device": device_name(), "config": a.config, "batch": a.batch, "dtype": a.dtype,
               **{k: round(v, 2) if isinstance(v, float) else v for k, v in peak.items()}}
     kit = kit_case(a.config, a.batch, a.dtype)
