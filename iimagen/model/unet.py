@@ -187,24 +187,25 @@ class InstructImagen(nnx.Module):
         r, C = self.ctx_row.value.shape
         return (self.ctx_row.value[:, None, :] + self.ctx_col.value[None, :, :]).reshape(r * r, C)
 
-    def _encode(self, x, emb, text, ctx, probe=None):
+    def _encode(self, x, emb, text, ctx, probe=None, q_pos=None):
         """The down-sampling encoder: returns the lowest-resolution feature map and the skips (the first skip is the
-        input conv's full-resolution features, used by the output head when cfg.input_skip)."""
+        input conv's full-resolution features, used by the output head when cfg.input_skip). `q_pos`:
+        `_query_pos(ctx)`, computed once per call by `denoise`."""
         h = self.conv_in(x.astype(_dtype(self.cfg)))
         skips = [h]
         for l, level in enumerate(self.encoder):
             h = level.down(h)
             for i, block in enumerate(level.blocks):
-                h = block(h, emb, text, ctx, f"DBlock-{l + 1}.{i + 1}", probe, self._query_pos(ctx))
+                h = block(h, emb, text, ctx, f"DBlock-{l + 1}.{i + 1}", probe, q_pos)
                 skips.append(h)
         return h, skips
 
-    def _decode(self, h, skips, emb, text, ctx, probe=None):
+    def _decode(self, h, skips, emb, text, ctx, probe=None, q_pos=None):
         L = self.cfg.levels
         for j, level in enumerate(self.decoder):
             for i, block in enumerate(level.blocks):
                 h = block(jnp.concatenate([h, skips.pop()], axis=-1), emb, text, ctx, f"UBlock-{L - j}.{i + 1}",
-                          probe, self._query_pos(ctx))
+                          probe, q_pos)
             h = level.up(h)
         h0 = skips.pop()
         if self.cfg.input_skip:
@@ -260,9 +261,10 @@ class InstructImagen(nnx.Module):
         if return_attention:
             probe["ctx_attn"] = []
         emb = self._embed(t, text)
-        h, skips = self._encode(x_t, emb, text, ctx, probe)
-        h = self.middle(h, emb, text, ctx, "middle", probe, self._query_pos(ctx))
-        v = self._decode(h, skips, emb, text, ctx, probe)
+        q_pos = self._query_pos(ctx)  # None without context or without cfg.ctx_query_pos
+        h, skips = self._encode(x_t, emb, text, ctx, probe, q_pos)
+        h = self.middle(h, emb, text, ctx, "middle", probe, q_pos)
+        v = self._decode(h, skips, emb, text, ctx, probe, q_pos)
         return (v, dict(probe["ctx_attn"])) if return_attention else v
 
     def _check_x(self, x_t):
