@@ -37,6 +37,7 @@ from . import world as W
 IN_DOMAIN = ("text_to_image", "depth_to_image", "mask_to_image", "edge_to_image", "sketch_to_image",
              "styled_generation", "subject", "style_transfer")
 ZERO_SHOT = ("style_subject", "multi_subject", "control_subject", "control_style")
+CONTEXT_USE_MIN_N = 32  # examples per task for `eval --context-use` (a gain is a paired mean: fewer move it)
 QUALIFY = 0.95  # a learned judge is used only if its held-out accuracy reaches this
 STYLE_CLASSES = ("none",) + W.STYLES
 
@@ -723,7 +724,7 @@ def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t
     import jax.numpy as jnp
     from flax import nnx
 
-    from .diffusion import q_sample, v_target
+    from .diffusion import diffusion_loss
 
     cfg = model.cfg
     if not cfg.use_context:
@@ -733,18 +734,16 @@ def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t
     @jax.jit
     def losses(state, b, key):
         m = nnx.merge(graphdef, state)
-        x0 = b["image"]
-        kt, kn = jax.random.split(key)
-        t = jax.random.uniform(kt, x0.shape[:1], minval=t_range[0], maxval=t_range[1])
-        noise = jax.random.normal(kn, x0.shape)
-        x_t, target, text = q_sample(x0, t, noise), v_target(x0, noise, t), m.encode_text(b["text_ids"])
+        text = m.encode_text(b["text_ids"])
         out = {}
         for name, (ci, cid, cm) in {
                 "true": (b["ctx_image"], b["ctx_ids"], b["ctx_mask"]),
                 "shuffled": tuple(jnp.roll(b[k], 1, axis=0) for k in ("ctx_image", "ctx_ids", "ctx_mask")),
                 "none": (b["ctx_image"], b["ctx_ids"], jnp.zeros_like(b["ctx_mask"]))}.items():
-            v = m.denoise(x_t, t, text, m.encode_context(ci, cid, cm))
-            out[name] = jnp.sum(jnp.mean((v - target) ** 2, axis=(1, 2, 3)))
+            ctx = m.encode_context(ci, cid, cm)
+            # the training loss itself; the same key gives every variant the same t and noise
+            _, per = diffusion_loss(lambda x_t, t, *_: m.denoise(x_t, t, text, ctx), b, key, t_range)
+            out[name] = jnp.sum(per)
         return out
 
     res = {}
@@ -934,8 +933,9 @@ def cli_eval(argv=None) -> int:
                 for gen, ts in ([(gen, [t]) for t, gen in g.items()] if isinstance(g, dict) else [(g, with_ctx)]):
                     ts = [t for t in ts if t in with_ctx]
                     if ts and gen.cfg.use_context:
-                        use.setdefault(name, {}).update(context_use(gen.model, gen.tokenizer, ts, max(a.n, 32),
-                                                                    a.seed, variant=model_variant(gen)))
+                        use.setdefault(name, {}).update(context_use(
+                            gen.model, gen.tokenizer, ts, max(a.n, CONTEXT_USE_MIN_N), a.seed,
+                            variant=model_variant(gen)))
     except (ValueError, FileNotFoundError) as e:
         print(f"iimagen eval: {e}", file=sys.stderr)
         return 2

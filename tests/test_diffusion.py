@@ -123,6 +123,21 @@ def test_loss_is_zero_for_the_perfect_v_and_positive_otherwise():
     np.testing.assert_allclose(per, ((v - (a * eps - s * b["image"])) ** 2).mean((1, 2, 3)), rtol=1e-5)
 
 
+def test_loss_t_range_narrows_t_and_keeps_the_noise():
+    b = make_batch(6)
+    seen = []
+    record = lambda xt, t, *a: (seen.append((t, xt)), jnp.zeros_like(xt))[1]
+    D.diffusion_loss(record, b, jax.random.PRNGKey(3))
+    D.diffusion_loss(record, b, jax.random.PRNGKey(3), t_range=(0.5, 1.0))
+    (t_all, xt_all), (t_hi, xt_hi) = seen
+    assert np.all((np.asarray(t_hi) >= 0.5) & (np.asarray(t_hi) <= 1.0))
+    np.testing.assert_allclose(t_hi, 0.5 + 0.5 * np.asarray(t_all), atol=1e-6)  # the same uniform draw, rescaled
+    # the same eps: x_t - alpha x_0 = sigma eps, so (x_t - alpha x_0) / sigma agree between the two calls
+    eps = [(xt - a[:, None, None, None] * b["image"]) / s[:, None, None, None]
+           for t, xt in seen for a, s in [D.alpha_sigma(t)]]
+    np.testing.assert_allclose(eps[0], eps[1], atol=1e-4)
+
+
 def test_dynamic_threshold():
     x = jnp.stack([jnp.full((R, R, 3), 0.5), jnp.full((R, R, 3), 3.0)])
     y = D.threshold(x, "dynamic")
