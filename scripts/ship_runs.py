@@ -104,7 +104,8 @@ def ship(runs: Path, run: str, name: str, what: str, log: list[str], cmds: list[
 {', '.join(targets)}; a later segment resumes the run's last checkpoint (parameters, EMA, optimizer, data position), so
   the batches are those of one uninterrupted run.
 - Command (last segment): `{cmds[-1]}`
-- {steps[-1]} steps of batch {meta.get('batch_size')}{budget}: {wall:.0f} s of training (logged step times) plus \
+- {meta.get('steps', steps[-1])} steps of batch {meta.get('batch_size')}{budget}: {wall:.0f} s of training (logged \
+step times, to step {steps[-1]}) plus \
 {compile_s:.0f} s of compiles, median {ips:.0f} images/s{' (the machine shared between runs)' if on_cpu else ''}.
 - Loss (mean of logged steps): {first:.3f} over the first 50 steps, {last:.3f} over the last 100.
 - Still **undertrained** by the paper's standard (400-500k steps at batch 512); see README "Evaluation" for what it
