@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Train the checkpoints shipped in data/checkpoints/ (tiny, all stages + the baselines the evaluation needs) on one
-# accelerator host. The shipped stage0-tiny and stage1-tiny are from `BATCH0=256 SINGLE=edge_to_image
-# scripts/train_shipped.sh OUT 1.1` on an H100; that call's stage-2 runs were cut off by the machine's time limit, and
-# the stage-2 checkpoints come from scripts/train_shipped_cpu.sh on them (see each MODEL_CARD.md).
+# accelerator host. The shipped stage0-tiny is from `BATCH0=256 SINGLE=edge_to_image scripts/train_shipped.sh OUT 1.1`
+# on an H100; everything else from `STAGE0=data/checkpoints/stage0-tiny SINGLE="<seven tasks>" DEADLINE=...
+# MARGIN=90 scripts/train_shipped.sh OUT 1.7` on an H200 (scripts/device_call.sh; see each MODEL_CARD.md).
 #   scripts/train_shipped.sh OUTDIR [SCALE]
 # SCALE multiplies every time budget (150 s stage 0, 60 s stage 1, 120 s stage 2; 0.03 = a smoke test on a CPU).
 # ONLY="stage0 ..." runs just the named runs (to split the recipe over several calls of a time-limited machine; a
@@ -12,8 +12,7 @@
 # MARGIN (default 150) seconds for their start-up, compile (81-83 s for three side by side on an H100 host without the
 # cache below) and export.
 # STAGE0=DIR starts stage 1 and no_stage1 from that stage-0 export (e.g. the shipped data/checkpoints/stage0-tiny)
-# instead of training stage 0. Compiled programs go to a persistent cache (JAX_COMPILATION_CACHE_DIR, default OUT/jax_cache): the stage-2
-# runs share stage 1's train step, so they load it instead of compiling it again, one each.
+# instead of training stage 0. Compiled programs go to a persistent cache (scripts/run_lib.sh).
 # TAR_TO=DIR packs each run's export, metrics and log into DIR/NAME.tgz as soon as it ends (scripts/run_lib.sh), so a
 # call cut off later still returns every run that finished.
 set -uo pipefail
@@ -27,8 +26,6 @@ deadline_cap() {  # min(budget, seconds to DEADLINE less MARGIN for start-up, co
     $PY -c "import time; print(max(5, min($1, int($DEADLINE - time.time() - ${MARGIN:-150}))))"; fi
 }
 BATCH=${BATCH:-128}
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$OUT/jax_cache}
-export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
 COMMON=(--config tiny --export-dtype bfloat16 --log-every 50 --ckpt-every 1000 --no-progress)
 source "$(dirname "$0")/run_lib.sh"
 # Stage 0: the text-to-image backbone (stands in for the pre-trained Imagen).

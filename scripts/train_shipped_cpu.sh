@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Train stages 1 and 2 of `tiny` and the two baselines on a 2-core CPU, from a stage-0 checkpoint (STAGE0, default the
-# shipped one). The shipped stage-2 checkpoints (instruct-imagen, multitask, no-stage1, single-task-edge-to-image)
-# came from it, with stage 0 and stage 1 trained on an H100 by scripts/train_shipped.sh and the stage-1 run copied
-# into OUTDIR first (a stage 1 already in OUTDIR/stage1/export is used as is). See each MODEL_CARD.md.
+# shipped one). An earlier shipped chain came from it (700 stage-1 and 300 stage-2 steps at batch 32); the shipped
+# checkpoints now come from scripts/train_shipped.sh on an H200. A stage 1 already in OUTDIR/stage1/export is used as
+# is. See each MODEL_CARD.md.
 #   scripts/train_shipped_cpu.sh OUTDIR [STAGE2_STEPS] [STAGE1_STEPS]
 # Stage 1 runs alone (both cores); then the three stage-2 runs side by side, all with the same steps, so the
 # evaluation compares them at matched training:
