@@ -739,7 +739,7 @@ def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t
         for name, (ci, cid, cm) in {
                 "true": (b["ctx_image"], b["ctx_ids"], b["ctx_mask"]),
                 "shuffled": tuple(jnp.roll(b[k], 1, axis=0) for k in ("ctx_image", "ctx_ids", "ctx_mask")),
-                "none": (b["ctx_image"], b["ctx_ids"], jnp.zeros_like(b["ctx_mask"]))}.items():
+                "none": (b["ctx_image"], b["ctx_ids"], b["no_ctx_mask"])}.items():
             ctx = m.encode_context(ci, cid, cm)
             # the training loss itself; the same key gives every variant the same t and noise
             _, per = diffusion_loss(lambda x_t, t, *_: m.denoise(x_t, t, text, ctx), b, key, t_range)
@@ -754,6 +754,9 @@ def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t
             chunk = exs[s:s + batch_size]
             b = model_batch(chunk, tokenizer, cfg, variant)
             b["image"] = np.stack([np.asarray(e.target, np.float32) / 127.5 - 1.0 for e in chunk])
+            # every slot empty, passed in as data: an all-False mask made inside the jit is a constant, and XLA then
+            # spends seconds folding the masked attention of the "none" pass (and warns about it)
+            b["no_ctx_mask"] = np.zeros_like(b["ctx_mask"])
             got = losses(state, b, jax.random.fold_in(jax.random.PRNGKey(seed), ti * 100_003 + s))
             for key in tot:
                 tot[key] += float(got[key])
