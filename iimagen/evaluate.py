@@ -714,12 +714,14 @@ def generate(gen, examples: list, variant: str | None = None, sampler: str = "dd
 
 # ------------------------------------------------------------------------------------------------- context use
 def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t_range=(0.5, 1.0),
-                variant: str | None = None, batch_size: int = 32) -> dict:
+                variant: str | None = None, batch_size: int = 32, split: str = "test") -> dict:
     """Does the model read its context? The denoising loss (paper App. A.2.2) on `n` held-out examples per task with
     the true context, with the context of another example (the batch rolled by one) and with none (every slot
     empty), at the same t ~ U[t_range] and noise. `gain` = 1 - true / shuffled: 0 means the context branch is not
     used at all (the outputs would be the same with any reference); the mid-to-high noise levels of the default
-    range are where a reference decides the layout. Returns {task: {"true", "shuffled", "none", "gain"}}."""
+    range are where a reference decides the layout. `split='train'` draws the training subjects and styles instead
+    of the held-out ones (a model that knows a training subject by its name need not read its reference). Returns
+    {task: {"true", "shuffled", "none", "gain"}}."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -748,7 +750,7 @@ def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t
 
     res = {}
     for ti, task in enumerate(tasks):
-        exs = T.sample(task, n, seed, cfg.resolution, split="test")
+        exs = T.sample(task, n, seed, cfg.resolution, split=split)
         tot = {"true": 0.0, "shuffled": 0.0, "none": 0.0}
         for s in range(0, n, batch_size):  # (a shorter last batch compiles once more)
             chunk = exs[s:s + batch_size]

@@ -171,6 +171,9 @@ def test_context_use_is_zero_for_a_dead_context_branch_and_not_for_a_live_one():
     tok = load_tokenizer()
     live = context_use(model, tok, ["edge_to_image"], n=8, batch_size=8)["edge_to_image"]
     assert abs(live["true"] - live["shuffled"]) > 1e-6 and abs(live["true"] - live["none"]) > 1e-6
+    held_out, known = (context_use(model, tok, ["subject"], n=4, batch_size=4, split=sp)["subject"]
+                       for sp in ("test", "train"))
+    assert abs(known["true"] - held_out["true"]) > 1e-6  # training subjects, not held-out ones
     blocks = [model.middle] + [b for lv in model.encoder for b in lv.blocks] + [b for lv in model.decoder for b in lv.blocks]
     for b in blocks:
         if b.ctx_attn is not None:
