@@ -85,14 +85,14 @@ def ship(runs: Path, run: str, name: str, what: str, log: list[str], cmds: list[
         budget = ""
     else:
         side = [r for r in ("stage2", "multitask", "no_stage1") if _started(log, r)]
-        side += sorted({x.split(": ", 1)[0].split()[-1] for x in log if x.startswith("== ") and " single_" in x
-                        and x.split(": ", 1)[0].split()[-1].startswith("single_")})
+        side += sorted(d.name for d in runs.glob("single_*") if d.is_dir() and _started(log, d.name))
         host = f"Trained on one {meta['devices'].split(' x ', 1)[1]} host (16 CPU cores), 2026-11-26"
         if run in ("stage0", "stage1"):
             where = host + (", stage 0 and stage 1 one after the other" if _started(log, "stage0") else
                             ", alone on the machine")
         else:
-            where = host + f", after stage 1, side by side with the other {len(side) - 1} stage-2 runs ({', '.join(side)})"
+            where = (host + f", after stage 1, side by side with the other {len(side) - 1} stage-2 runs "
+                            f"({', '.join(side)})")
 
         tb = cmds[-1].split("--time-budget ")[1].split()[0] if "--time-budget" in cmds[-1] else None
         budget = f" (a {tb} s time budget)" if tb else ""
