@@ -719,9 +719,9 @@ def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t
     default, see `split`) with the true context, with the context of another example (the batch rolled by one) and
     with none (every slot empty), at the same t ~ U[t_range] and noise. `gain` = 1 - true / shuffled: 0 means the
     context branch is not used at all (the outputs would be the same with any reference); the mid-to-high noise
-    levels of the default range are where a reference decides the layout. `split='train'` draws the training subjects and styles instead
-    of the held-out ones (a model that knows a training subject by its name need not read its reference). Returns
-    {task: {"true", "shuffled", "none", "gain"}}."""
+    levels of the default range are where a reference decides the layout. `split='train'` draws the training
+    subjects and styles instead of the held-out ones (a model that knows a training subject by its name need not read
+    its reference). Returns {task: {"true", "shuffled", "none", "gain"}}."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
