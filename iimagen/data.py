@@ -71,7 +71,7 @@ class Loader:
                  variant: str | None = None, mixture: dict | None = None, tokenizer=None, pool_size: int = 2048,
                  prefetch: int = 4, steps: int | None = None, text_len: int = TEXT_LEN,
                  ctx_text_len: int = CTX_TEXT_LEN, process_index: int | None = None,
-                 process_count: int | None = None, pool=None, workers: int | None = None):
+                 process_count: int | None = None, pool=None, workers: int | None = None, anonymous: bool = True):
         if stage not in STAGES:
             raise DataError(f"stage={stage!r} is unknown; use 0 (text-to-image), 1 (retrieval) or 2 (mixture)")
         self.R = check_resolution(resolution)
@@ -90,6 +90,7 @@ class Loader:
         self.stage, self.batch_size, self.seed, self.K = stage, int(batch_size), int(seed), int(K)
         self.start_step, self.steps, self.prefetch = int(start_step), steps, int(prefetch)
         self.workers = int(workers)
+        self.anonymous = bool(anonymous)  # stage 2: nonce subject names, unnamed style refs (tasks.draw_spec)
         self.variant, self.single = parse_variant(variant)
         if stage != 2 and self.variant:
             raise DataError(f"variant={variant!r} applies to stage 2 only (the baselines of paper Table 3)")
@@ -122,7 +123,7 @@ class Loader:
         else:  # = T.draw_mixture_spec(rng, self.mixture)
             src = self._sources[int(rng.choice(len(self._sources), p=self._weights))]
             spec = T.draw_spec(T.SOURCE_TASK.get(src, src), rng, training=True,
-                               source="artwork" if src == "artwork" else "natural")
+                               source="artwork" if src == "artwork" else "natural", anonymous=self.anonymous)
         return T.realize(spec, self.R, with_truth=with_truth)
 
     def _text(self, ex: T.Example) -> str | None:

@@ -150,10 +150,18 @@ def _plain_scene(rng, **kw):
 
 
 def draw_spec(task: str, rng: np.random.Generator, split: str = "train", training: bool = False,
-              source: str | None = None) -> Spec:
+              source: str | None = None, anonymous: bool | None = None) -> Spec:
     """A random spec of `task` (no pixels). `training=True` is what the training loaders use: it refuses zero-shot
     tasks and the 'test' split, and checks the result with `check_training`. `source="artwork"` gives text-to-image
-    with an artwork caption (a styled target named by its style)."""
+    with an artwork caption (a styled target named by its style).
+
+    `anonymous` (default: `training`): the text never names a reference's identity. Each subject gets a nonce name
+    drawn for this example (`world.nonce_name`), in the reference text and the caption alike, and a style reference
+    is called "style image", never by its style's name. A world name fixes the look, so a model trained on named
+    references learns the look from the name and never reads the reference (measured: no gain from the true
+    reference on subjects, even for training subjects). Nonce names keep the paper's setting, where "[ref#1] a dog"
+    says the class and only the images say which dog. Text-to-image "artwork" captions still name their style:
+    there the text is the only carrier. `ref.text` keeps the shown name; the truth keeps the real subject."""
     from . import templates as T
 
     check_task(task)
@@ -165,6 +173,7 @@ def draw_spec(task: str, rng: np.random.Generator, split: str = "train", trainin
     if task == "retrieval":
         raise TaskError("task 'retrieval' is drawn from a RetrievalPool (stage 1): use RetrievalPool(...).spec(i, rng)")
     subjects, styles = _pools(split)
+    anonymous = training if anonymous is None else bool(anonymous)
     seed = int(rng.integers(2 ** 31))
     style, refs, cap, meta = None, (), None, {}
     if task == "text_to_image":
@@ -183,34 +192,38 @@ def draw_spec(task: str, rng: np.random.Generator, split: str = "train", trainin
     elif task in ("subject", "style_subject", "multi_subject", "control_subject"):
         names = [str(n) for n in rng.choice(subjects, 2 if task == "multi_subject" else 1, replace=False)]
         scene = W.random_scene(rng, n_objects=len(names) + int(rng.integers(0, 2)), subjects=names)
-        cap = W.caption(scene, rng)
+        shown = {}  # subject -> the name the text calls it
+        for nm in names:
+            shown[nm] = W.nonce_name(rng, avoid=shown.values()) if anonymous else nm
+        said = [shown[nm] for nm in names]
+        cap = W.caption(scene, rng, names=shown)
         if task == "subject":
             n = int(rng.integers(1, 4))
-            refs = tuple(Ref("subject", r.scene, None, names[0]) for r in _subject_refs(rng, names[0], n))
-            text = T.render(task, rng, caption=cap, refs=[f"{_marks(1, n)} {names[0]}"])
+            refs = tuple(Ref("subject", r.scene, None, said[0]) for r in _subject_refs(rng, names[0], n))
+            text = T.render(task, rng, caption=cap, refs=[f"{_marks(1, n)} {said[0]}"])
         elif task == "multi_subject":
-            refs = tuple(Ref("subject", r.scene, None, nm) for nm in names for r in _subject_refs(rng, nm, 1))
-            text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {names[0]}", f"[ref#2] {names[1]}"])
+            refs = tuple(Ref("subject", r.scene, None, shown[nm]) for nm in names for r in _subject_refs(rng, nm, 1))
+            text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {said[0]}", f"[ref#2] {said[1]}"])
         elif task == "style_subject":
             style = str(rng.choice(styles))
-            refs = (Ref("subject", _subject_refs(rng, names[0], 1)[0].scene, None, names[0]),
+            refs = (Ref("subject", _subject_refs(rng, names[0], 1)[0].scene, None, said[0]),
                     Ref("style", _plain_scene(rng), style, "style image"))
-            text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {names[0]}", "[ref#2] style image"])
+            text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {said[0]}", "[ref#2] style image"])
         else:
             kind = str(rng.choice(list(REF_TEXT)))
-            refs = (Ref("subject", _subject_refs(rng, names[0], 1)[0].scene, None, names[0]),
+            refs = (Ref("subject", _subject_refs(rng, names[0], 1)[0].scene, None, said[0]),
                     Ref(kind, scene, None, REF_TEXT[kind]))
-            text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {names[0]}", f"[ref#2] {REF_TEXT[kind]}"],
+            text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {said[0]}", f"[ref#2] {REF_TEXT[kind]}"],
                             control=kind)
     elif task == "styled_generation":
         scene, style = _plain_scene(rng), str(rng.choice(styles))
-        word = "style image" if rng.random() < 0.5 else f"{style} style"
+        word = "style image" if rng.random() < 0.5 or anonymous else f"{style} style"
         refs = (Ref("style", _plain_scene(rng), style, word),)
         cap = W.caption(scene, rng)
         text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {word}"])
     elif task == "style_transfer":
         scene, style = _plain_scene(rng), str(rng.choice(styles))
-        word = "style image" if rng.random() < 0.5 else f"{style} style"
+        word = "style image" if rng.random() < 0.5 or anonymous else f"{style} style"
         refs = (Ref("style", _plain_scene(rng), style, word), Ref("content", scene, None, "content image"))
         text = T.render(task, rng, refs=[f"[ref#1] {word}", "[ref#2] content image"])
     else:  # control_style
@@ -274,10 +287,12 @@ def realize(spec: Spec, resolution: int, images: dict | None = None, with_truth:
     return Example(spec.task, instruction, target, truth, spec.drop)
 
 
-def sample(task: str, n: int, seed: int, resolution: int, split: str = "train", pool=None) -> list[Example]:
+def sample(task: str, n: int, seed: int, resolution: int, split: str = "train", pool=None,
+           anonymous: bool = False) -> list[Example]:
     """`n` examples of `task` at `resolution` (32/64/128), deterministic in `seed`. Zero-shot tasks are allowed here
     (evaluation); `split='test'` uses the held-out subjects and styles. `task='retrieval'` draws stage-1 examples
-    from `pool` (a RetrievalPool; a small default one is built when None)."""
+    from `pool` (a RetrievalPool; a small default one is built when None). `anonymous=True` names subjects and
+    styles as training does (nonce names; see `draw_spec`)."""
     check_task(task)
     W.check_resolution(resolution)
     if not isinstance(n, (int, np.integer)) or n < 0:
@@ -286,7 +301,7 @@ def sample(task: str, n: int, seed: int, resolution: int, split: str = "train", 
     if task == "retrieval":
         pool = pool or RetrievalPool(512, seed=int(seed))
         return [pool.example(int(rng.integers(len(pool.clusters))), rng, resolution) for _ in range(n)]
-    return [realize(draw_spec(task, rng, split), resolution) for _ in range(n)]
+    return [realize(draw_spec(task, rng, split, anonymous=anonymous), resolution) for _ in range(n)]
 
 
 # ------------------------------------------------------------------------------------------ stage-2 mixture

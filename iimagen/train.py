@@ -74,6 +74,7 @@ class TrainConfig:
     workdir: str = "runs/tiny-stage0"
     init: str | None = None            # workdir or exported checkpoint to start from (stage 1 and 2)
     variant: str = "instruct"          # instruct | no_instruction | single_task=<task>
+    names: str = "nonce"               # stage 2: "nonce" subject names per example, or the "world"'s own names
     steps: int | None = None           # None: STAGE_DEFAULTS[stage]
     batch_size: int = 64               # global batch, split over devices and hosts
     lr: float | None = None
@@ -101,6 +102,9 @@ class TrainConfig:
         for k in ("steps", "lr", "warmup"):
             if getattr(out, k) is None:
                 setattr(out, k, d[k])
+        if out.names not in ("nonce", "world"):
+            raise TrainError(f"--names {out.names!r}: use nonce (a made-up subject name per example, style "
+                             f"references unnamed) or world (the subjects' and styles' own names)")
         if out.optimizer not in ("adafactor", "adamw"):
             raise TrainError(f"--optimizer {out.optimizer!r}: use adafactor or adamw")
         if out.stage == 0 and out.variant != "instruct":
@@ -384,7 +388,7 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     loader = Loader(stage=tc.stage, batch_size=tc.batch_size // n_proc, resolution=cfg.resolution, seed=tc.seed,
                     K=cfg.K, start_step=start,
                     variant=None if tc.variant == "instruct" else tc.variant, pool_size=tc.pool_size,
-                    workers=tc.workers)
+                    workers=tc.workers, anonymous=tc.names == "nonce")
 
     # ==== Loop ====
     log = open(workdir / "metrics.jsonl", "a")

@@ -1,6 +1,7 @@
 """The loader: contract shapes, determinism, resume, host shards, variants, worker processes and their shutdown."""
 import gc
 import os
+import re
 import time
 
 import numpy as np
@@ -144,3 +145,16 @@ def test_worker_errors_surface_in_the_parent():
         for _ in L:
             pass
     assert _gone(L.pids)
+
+
+def test_stage2_loader_uses_nonce_names_unless_asked_for_world_names():
+    """The default loader never shows a subject's world name; `anonymous=False` (train --names world) does."""
+    from iimagen import world as W
+
+    def names_shown(anonymous):
+        L = Loader(2, 16, 32, seed=0, variant="single_task=subject", anonymous=anonymous, **KW)
+        exs = [L.example(0, j, with_truth=False) for j in range(16)]
+        return [bool(set(re.findall(r"[a-z]+", ex.instruction.text)) & set(W.SUBJECT_NAMES)) for ex in exs]
+
+    assert not any(names_shown(True))
+    assert all(names_shown(False))

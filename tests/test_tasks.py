@@ -1,4 +1,6 @@
 """Tasks: determinism, zero-shot exclusion, mixture ratios, clear errors, what each task's example holds."""
+import re
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,38 @@ def test_write_examples(tmp_path):
     assert [e["task"] for e in index] == list(T.TASK_NAMES)
     ins = Instruction.load(folder / "control_style")
     assert ins.kinds[1] == "style" and ins.contexts[0].image.shape == (64, 64, 3)
+
+
+def test_training_names_subjects_with_nonce_names_and_never_names_a_style_reference():
+    """Training text never names a reference's identity: the subject is called by a nonce name drawn per example
+    (the same in the reference text and the caption) and a style reference is a "style image"."""
+    rng = np.random.default_rng(0)
+    said = set()
+    for _ in range(60):
+        s = T.draw_spec("subject", rng, training=True)
+        real = s.scene.subjects[0]
+        nonce = s.refs[0].text
+        assert real in W.TRAIN_SUBJECTS and nonce not in W.SUBJECT_NAMES
+        assert all(r.text == nonce and r.scene.subjects == [real] for r in s.refs)
+        assert nonce in s.caption and nonce in s.text
+        assert not set(re.findall(r"[a-z]+", s.text)) & set(W.SUBJECT_NAMES)
+        said.add(nonce)
+    assert len(said) > 50  # a new name for (nearly) every example, not one alias per subject
+    for task in ("styled_generation", "style_transfer"):
+        for _ in range(20):
+            s = T.draw_spec(task, rng, training=True)
+            assert s.refs[0].text == "style image" and s.style not in s.text
+    ms = T.draw_spec("multi_subject", np.random.default_rng(1), anonymous=True)
+    assert len({r.text for r in ms.refs}) == 2 and not {r.text for r in ms.refs} & set(W.SUBJECT_NAMES)
+
+
+def test_named_draws_are_unchanged_by_the_nonce_option():
+    """Evaluation draws keep the world's names, and `anonymous=True` changes only the names: same scenes."""
+    named = T.draw_spec("subject", np.random.default_rng(5), split="test")
+    assert named.refs[0].text == named.scene.subjects[0] and named.scene.subjects[0] in named.text
+    words = {T.draw_spec("styled_generation", np.random.default_rng(k)).refs[0].text for k in range(20)}
+    assert "style image" in words and any(w.endswith(" style") for w in words)
+    a, b = (T.draw_spec("control_style", np.random.default_rng(2), anonymous=x) for x in (False, True))
+    assert a == b  # no subject, no style name in the text: nothing to anonymise
+    ex = T.sample("subject", 2, 7, 32, anonymous=True)
+    assert all(c.text not in W.SUBJECT_NAMES for e in ex for c in e.instruction.contexts)

@@ -37,6 +37,8 @@ def test_stage_errors(tmp_path):
         train(TrainConfig(stage=1, workdir=str(tmp_path / "a"), override=MICRO, steps=1), progress=False)
     with pytest.raises(TrainError, match="not a stage"):
         TrainConfig(stage=3).resolved()
+    with pytest.raises(TrainError, match="--names 'nonse'.*nonce"):
+        TrainConfig(stage=2, names="nonse").resolved()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from .controls import CONTROLS, control, depth_map, depth_value, edge_map, mask_
 from .render import RESOLUTIONS, Render, WorldError, background, check_resolution, render, to_uint8
 from .scene import (BACKGROUND_NAMES, BACKGROUNDS, COLOUR_NAMES, COLOURS, HELD_OUT_SUBJECTS, PARTS, PATTERNS,
                     POSITIONS, SHAPES, SIZES, SUBJECT_BY_NAME, SUBJECT_NAMES, SUBJECTS, TRAIN_SUBJECTS, Obj, Scene,
-                    Subject, random_object, random_scene, repose)
+                    Subject, nonce_name, random_object, random_scene, repose)
 from .styles import HELD_OUT_STYLES, STYLES, TRAIN_STYLES, stylize
 
 

@@ -18,8 +18,9 @@ ART_PHRASINGS = (
 )
 
 
-def object_phrase(o: Obj, with_position: bool = True) -> str:
-    name = o.subject if o.subject else f"a {o.size} {o.colour} {o.shape}"
+def object_phrase(o: Obj, with_position: bool = True, names: dict | None = None) -> str:
+    """How a caption names `o`; `names` maps a subject to the name the text uses (default: its own)."""
+    name = (names or {}).get(o.subject, o.subject) if o.subject else f"a {o.size} {o.colour} {o.shape}"
     return f"{name} {o.position}" if with_position else name
 
 
@@ -27,12 +28,13 @@ def _join(parts):
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def caption(scene: Scene, rng: np.random.Generator, style: str | None = None, positions: bool | None = None) -> str:
+def caption(scene: Scene, rng: np.random.Generator, style: str | None = None, positions: bool | None = None,
+            names: dict | None = None) -> str:
     """A caption of `scene` in a random phrasing; with `style`, an artwork caption that names it. Objects are listed
-    nearest first (the order a person would name them)."""
+    nearest first (the order a person would name them). `names`: subject -> the name to call it (nonce names)."""
     if positions is None:
         positions = bool(rng.random() < 0.7)
-    objs = _join([object_phrase(o, positions) for o in reversed(scene.objects)]) or "nothing"
+    objs = _join([object_phrase(o, positions, names) for o in reversed(scene.objects)]) or "nothing"
     bg = BACKGROUNDS[scene.background]
     if style:
         return str(rng.choice(ART_PHRASINGS)).format(style=style, objs=objs, bg=bg)

@@ -46,13 +46,21 @@ class Subject:
     part: str
 
 
+_ONSETS, _NUCLEI, _CODAS = list("bdfgklmnprstvz") + ["sh", "qu"], list("aeiou") + ["oo", "ai"], \
+    list("bdgklmnrsxz") + [""]
+
+
+def _word(rng) -> str:
+    """A pronounceable made-up word of one or two syllables (subject names and nonce names)."""
+    k = rng.integers(1, 3)
+    return "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) for _ in range(k)) + rng.choice(_CODAS)
+
+
 def _subject_names(n: int, seed: int = 7) -> list[str]:
     rng = np.random.default_rng(seed)
-    on, nu, co = list("bdfgklmnprstvz") + ["sh", "qu"], list("aeiou") + ["oo", "ai"], list("bdgklmnrsxz") + [""]
     names = []
     while len(names) < n:
-        k = rng.integers(1, 3)
-        name = "".join(rng.choice(on) + rng.choice(nu) for _ in range(k)) + rng.choice(co)
+        name = _word(rng)
         if 3 <= len(name) <= 7 and name not in names:
             names.append(name)
     return names
@@ -84,6 +92,15 @@ SUBJECT_NAMES = tuple(s.name for s in SUBJECTS)
 SUBJECT_BY_NAME = {s.name: s for s in SUBJECTS}
 HELD_OUT_SUBJECTS = SUBJECT_NAMES[-10:]  # never in any training sampler; for evaluation only
 TRAIN_SUBJECTS = SUBJECT_NAMES[:-10]
+
+
+def nonce_name(rng, avoid=()) -> str:
+    """A made-up name for one example's subject, never a subject's own name (nor one in `avoid`). Training names
+    subjects this way, so that only the reference images say which subject it is (as the paper's "[ref#1] a dog")."""
+    while True:
+        name = _word(rng)
+        if 3 <= len(name) <= 8 and name not in SUBJECT_BY_NAME and name not in avoid:
+            return name
 
 
 @dataclass(frozen=True)
@@ -165,4 +182,4 @@ def repose(rng, scene: Scene) -> Scene:
 
 __all__ = ["SHAPES", "COLOURS", "COLOUR_NAMES", "SIZES", "BACKGROUNDS", "BACKGROUND_NAMES", "POSITIONS", "PATTERNS",
            "PARTS", "Subject", "SUBJECTS", "SUBJECT_NAMES", "SUBJECT_BY_NAME", "HELD_OUT_SUBJECTS", "TRAIN_SUBJECTS",
-           "Obj", "Scene", "random_object", "random_scene", "repose", "replace"]
+           "Obj", "Scene", "nonce_name", "random_object", "random_scene", "repose", "replace"]
