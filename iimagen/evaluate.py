@@ -714,14 +714,15 @@ def generate(gen, examples: list, variant: str | None = None, sampler: str = "dd
 
 # ------------------------------------------------------------------------------------------------- context use
 def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t_range=(0.5, 1.0),
-                variant: str | None = None, batch_size: int = 32, split: str = "test") -> dict:
+                variant: str | None = None, batch_size: int = 32, split: str = "test", anonymous: bool = False) -> dict:
     """Does the model read its context? The denoising loss (paper App. A.2.2) on `n` examples per task (held out by
     default, see `split`) with the true context, with the context of another example (the batch rolled by one) and
     with none (every slot empty), at the same t ~ U[t_range] and noise. `gain` = 1 - true / shuffled: 0 means the
     context branch is not used at all (the outputs would be the same with any reference); the mid-to-high noise
     levels of the default range are where a reference decides the layout. `split='train'` draws the training
     subjects and styles instead of the held-out ones (a model that knows a training subject by its name need not read
-    its reference). Returns {task: {"true", "shuffled", "none", "gain"}}."""
+    its reference); `anonymous=True` names them as training does (nonce names, `tasks.draw_spec`).
+    Returns {task: {"true", "shuffled", "none", "gain"}}."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -750,7 +751,7 @@ def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t
 
     res = {}
     for ti, task in enumerate(tasks):
-        exs = T.sample(task, n, seed, cfg.resolution, split=split)
+        exs = T.sample(task, n, seed, cfg.resolution, split=split, anonymous=anonymous)
         tot = {"true": 0.0, "shuffled": 0.0, "none": 0.0}
         for s in range(0, n, batch_size):  # (a shorter last batch compiles once more)
             chunk = exs[s:s + batch_size]
@@ -765,6 +766,65 @@ def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t
         r = {key: v / n for key, v in tot.items()}
         r["gain"] = 1.0 - r["true"] / r["shuffled"]
         res[task] = r
+    return res
+
+
+def context_alignment(model, tokenizer, tasks=("depth_to_image", "subject"), n: int = 16, seed: int = 0,
+                      t: float = 0.7, split: str = "test") -> dict:
+    """How does the model read its references? Per task and per context cross-attention block on the context's own
+    grid: `own` = attention mass on the context tokens at the query's own position (place-to-place reading, what a
+    control needs; `uniform` = what even attention gives), and for subject tasks `subject` = mass on the tokens
+    where the reference shows its subject (content reading, what copying a subject needs) against `subject_uniform`
+    (the subject's share of the valid tokens). One noisy target x_t at time `t` per example.
+    Returns {task: {block: {"own", "uniform"[, "subject", "subject_uniform"]}}}."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from .diffusion import q_sample
+
+    cfg = model.cfg
+    if not cfg.use_context:
+        raise EvalError("context_alignment: this is a text-to-image model (cfg.use_context=False); it has no context")
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def attention(state, b, noise):
+        m = nnx.merge(graphdef, state)
+        x_t = q_sample(b["image"], jnp.full(b["image"].shape[:1], t), noise)
+        ctx = m.encode_context(b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
+        return m.denoise(x_t, jnp.full(b["image"].shape[:1], t), m.encode_text(b["text_ids"]), ctx,
+                         return_attention=True)[1]
+
+    r, K = cfg.bottleneck_resolution, cfg.K
+    res = {}
+    for task in tasks:
+        specs = T.sample_specs(task, n, seed, split)
+        exs = [T.realize(sp, cfg.resolution) for sp in specs]
+        b = model_batch(exs, tokenizer, cfg)
+        b["image"] = np.stack([np.asarray(e.target, np.float32) / 127.5 - 1.0 for e in exs])
+        att = attention(state, b, jax.random.normal(jax.random.PRNGKey(seed), b["image"].shape))
+        share = np.zeros((n, K, r * r))  # each context token's share of subject pixels
+        for i, sp in enumerate(specs):
+            for k, ref in enumerate(sp.refs[:K]):
+                if ref.kind == "subject":
+                    rend = W.render(ref.scene, cfg.resolution)
+                    vis = sum(v for o, v in zip(ref.scene.objects, rend.visible()) if o.subject)
+                    share[i, k] = vis.reshape(r, -1, r, vis.shape[1] // r).mean((1, 3)).ravel()
+        valid = np.repeat(np.asarray(b["ctx_mask"], bool)[:, :, None], r * r, axis=2)
+        out = {}
+        for name, w in att.items():
+            w = np.asarray(w, np.float64)  # [B, heads, Q, K*T]
+            if w.shape[2] != r * r:
+                continue
+            w = w.reshape(*w.shape[:3], K, r * r)
+            q = np.arange(r * r)
+            row = {"own": float(w[:, :, q, :, q].sum(-1).mean()), "uniform": 1.0 / (r * r)}
+            if share.any():
+                row["subject"] = float(np.einsum("bhqkt,bkt->", w, share) / (w.shape[1] * r * r * n))
+                row["subject_uniform"] = float(np.mean([share[i][valid[i]].mean() for i in range(n)]))
+            out[name] = row
+        res[task] = out
     return res
 
 

@@ -297,11 +297,17 @@ def sample(task: str, n: int, seed: int, resolution: int, split: str = "train", 
     W.check_resolution(resolution)
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise TaskError(f"n={n!r} must be an int >= 0")
-    rng = np.random.default_rng([int(seed), task_id(task)])
     if task == "retrieval":
+        rng = np.random.default_rng([int(seed), task_id(task)])
         pool = pool or RetrievalPool(512, seed=int(seed))
         return [pool.example(int(rng.integers(len(pool.clusters))), rng, resolution) for _ in range(n)]
-    return [realize(draw_spec(task, rng, split, anonymous=anonymous), resolution) for _ in range(n)]
+    return [realize(spec, resolution) for spec in sample_specs(task, n, seed, split, anonymous)]
+
+
+def sample_specs(task: str, n: int, seed: int, split: str = "train", anonymous: bool = False) -> list[Spec]:
+    """The specs (scenes as data) behind `sample(task, n, seed, ...)`: the same examples, before rendering."""
+    rng = np.random.default_rng([int(seed), task_id(task)])
+    return [draw_spec(task, rng, split, anonymous=anonymous) for _ in range(n)]
 
 
 # ------------------------------------------------------------------------------------------ stage-2 mixture

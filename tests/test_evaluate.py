@@ -181,3 +181,33 @@ def test_context_use_is_zero_for_a_dead_context_branch_and_not_for_a_live_one():
     dead = context_use(model, tok, ["edge_to_image"], n=8, batch_size=8)["edge_to_image"]
     assert dead["true"] == dead["shuffled"] == dead["none"] and dead["gain"] == 0.0
     assert dead["true"] > 0
+
+
+def test_context_alignment_reads_place_to_place_and_subject_mass():
+    """evaluate.context_alignment: with every context query at zero, attention is even over the valid context tokens,
+    so `own` is exactly `uniform` and `subject` exactly `subject_uniform`; with huge position codes and keys equal to
+    queries, each query looks at its own place (own -> 1)."""
+    from iimagen.checkpoint import random_model
+    from iimagen.configs import get_config
+    from iimagen.evaluate import context_alignment
+    from iimagen.tokenizer import load_tokenizer
+
+    model, tok = random_model(get_config("tiny"), seed=1), load_tokenizer()
+    attns = [b.ctx_attn for b in [model.middle] + [b for lv in model.encoder for b in lv.blocks]
+             + [b for lv in model.decoder for b in lv.blocks] if b.ctx_attn is not None]
+    for a in attns:
+        a.q.kernel.value = jnp.zeros_like(a.q.kernel.value)
+    even = context_alignment(model, tok, ("subject", "depth_to_image"), n=4)
+    assert set(even["depth_to_image"]) == set(even["subject"]) and even["subject"]
+    for row in even["subject"].values():
+        assert abs(row["own"] - row["uniform"]) < 1e-6 and abs(row["subject"] - row["subject_uniform"]) < 1e-6
+        assert 0.01 < row["subject_uniform"] < 0.5  # a subject covers part of its reference
+    assert "subject" not in next(iter(even["depth_to_image"].values()))
+    C = model.ctx_row.value.shape[1]
+    model.ctx_row.value, model.ctx_col.value = 40 * model.ctx_row.value, 40 * model.ctx_col.value
+    for a in attns:
+        eye = jnp.eye(C, dtype=a.q.kernel.value.dtype)
+        a.q.kernel.value = eye
+        a.kv.kernel.value = a.kv.kernel.value.at[:, :C].set(eye)
+    placed = context_alignment(model, tok, ("depth_to_image",), n=4)["depth_to_image"]
+    assert min(row["own"] for row in placed.values()) > 0.9
