@@ -48,10 +48,16 @@ def call(model, b, **kw):
     return _JIT[key][1](b)
 
 
+_JIT_METHOD = {}
+
+
 def jit_method(model, fn):
-    """`fn(model, *args)` jitted through nnx.split/merge."""
+    """`fn(model, *args)` jitted through nnx.split/merge; one compile per (model structure, fn), so a model whose
+    weights changed reuses it."""
     gd, st = nnx.split(model)
-    f = jax.jit(lambda s, *a: fn(nnx.merge(gd, s), *a))
+    if (gd, fn) not in _JIT_METHOD:
+        _JIT_METHOD[gd, fn] = jax.jit(lambda s, *a: fn(nnx.merge(gd, s), *a))
+    f = _JIT_METHOD[gd, fn]
     return lambda *a: f(st, *a)
 
 
@@ -176,17 +182,16 @@ def test_input_skip_starts_at_identity_and_carries_full_resolution():
     b = make_batch(MICRO)
     model = attach_context(t2i, nnx.Rngs(5), input_skip=True)
     assert model.cfg.input_skip and float(jnp.abs(model.input_skip.kernel.value).max()) == 0.0
-    f = jit_method(model, lambda m, b: m(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"]))
+    gd, st = nnx.split(model)
+    out = lambda s: nnx.merge(gd, s)(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
+    f = jax.jit(out)  # jitted (eager NNX is slow on CPU); called again below with a changed state, no recompile
     f0 = jit_method(t2i, lambda m, b: m(b["x"], b["t"], b["text_ids"]))
-    np.testing.assert_array_equal(np.asarray(f(b)), np.asarray(f0(b)))
+    np.testing.assert_array_equal(np.asarray(f(st)), np.asarray(f0(b)))
     # It learns from zero: the loss has a non-zero gradient on its kernel, and a non-zero kernel changes the output.
-    def loss(m):
-        return jnp.mean(m(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"]) ** 2)
-    grads = nnx.grad(loss)(model)
-    assert float(jnp.abs(grads.input_skip.kernel.value).max()) > 1e-6
-    model.input_skip.kernel.value = 0.5 * jnp.eye(MICRO.channels)[None, None]
-    f = jit_method(model, lambda m, b: m(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"]))
-    assert float(jnp.abs(f(b) - f0(b)).max()) > 1e-3
+    grads = jax.jit(jax.grad(lambda s: jnp.mean(out(s) ** 2)))(st)
+    assert float(jnp.abs(grads["input_skip"]["kernel"].value).max()) > 1e-6
+    st["input_skip"]["kernel"].value = 0.5 * jnp.eye(MICRO.channels)[None, None]
+    assert float(jnp.abs(f(st) - f0(b)).max()) > 1e-3
     with pytest.raises(ModelInputError, match="only parts that start at identity"):
         attach_context(t2i, nnx.Rngs(5), channels=8)
 
@@ -202,10 +207,13 @@ def test_context_query_position_aligns_at_birth_and_keeps_identity():
     f0 = jit_method(t2i, lambda m, b: m(b["x"], b["t"], b["text_ids"]))
     r, T = MICRO.bottleneck_resolution, MICRO.ctx_tokens_per_image
 
-    def own_place_weight(model):
+    def middle_attention(model, b):
         text = model.encode_text(b["text_ids"])
         ctx = model.encode_context(b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
-        w = context_attention(model, b["x"], b["t"], text, ctx)["middle"]       # [B, heads, r*r, K*T]
+        return context_attention(model, b["x"], b["t"], text, ctx)["middle"]     # [B, heads, r*r, K*T]
+
+    def own_place_weight(model):
+        w = jit_method(model, middle_attention)(b)
         return float(jnp.mean(jnp.diagonal(w[..., :T], axis1=2, axis2=3)))      # slot 0, token under the query
 
     aligned = attach_context(t2i, nnx.Rngs(5), ctx_query_pos=True)

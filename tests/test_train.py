@@ -161,7 +161,7 @@ def test_eight_devices_give_the_losses_of_one(tmp_path):
         import jax.numpy as jnp
         assert jax.device_count() == 8
         tc = T.TrainConfig(stage=0, override="{MICRO}", steps=3, batch_size=8).resolved()
-        batches = [b for _, b in zip(range(3), Loader(stage=0, batch_size=8, resolution=32, seed=0, K=3))]
+        batches = [b for _, b in zip(range(3), Loader(stage=0, batch_size=8, resolution=32, seed=0, K=3, workers=0))]
         out = {{}}
         for name, devs, fsdp in (("one", jax.devices()[:1], False), ("dp8", jax.devices(), False),
                                  ("fsdp8", jax.devices(), True)):
