@@ -713,6 +713,13 @@ def generate(gen, examples: list, variant: str | None = None, sampler: str = "dd
 
 
 # ------------------------------------------------------------------------------------------------- context use
+def _target_batch(examples: list, tokenizer, cfg, variant: str | None = None) -> dict:
+    """`model_batch` plus the targets as `image` in [-1, 1] (what the denoising loss needs)."""
+    b = model_batch(examples, tokenizer, cfg, variant)
+    b["image"] = np.stack([np.asarray(e.target, np.float32) / 127.5 - 1.0 for e in examples])
+    return b
+
+
 def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t_range=(0.5, 1.0),
                 variant: str | None = None, batch_size: int = 32, split: str = "test", anonymous: bool = False) -> dict:
     """Does the model read its context? The denoising loss (paper App. A.2.2) on `n` examples per task (held out by
@@ -755,8 +762,7 @@ def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t
         tot = {"true": 0.0, "shuffled": 0.0, "none": 0.0}
         for s in range(0, n, batch_size):  # (a shorter last batch compiles once more)
             chunk = exs[s:s + batch_size]
-            b = model_batch(chunk, tokenizer, cfg, variant)
-            b["image"] = np.stack([np.asarray(e.target, np.float32) / 127.5 - 1.0 for e in chunk])
+            b = _target_batch(chunk, tokenizer, cfg, variant)
             # every slot empty, passed in as data: an all-False mask made inside the jit is a constant, and XLA then
             # spends seconds folding the masked attention of the "none" pass (and warns about it)
             b["no_ctx_mask"] = np.zeros_like(b["ctx_mask"])
@@ -801,8 +807,7 @@ def context_alignment(model, tokenizer, tasks=("depth_to_image", "subject"), n: 
     for task in tasks:
         specs = T.sample_specs(task, n, seed, split)
         exs = [T.realize(sp, cfg.resolution) for sp in specs]
-        b = model_batch(exs, tokenizer, cfg)
-        b["image"] = np.stack([np.asarray(e.target, np.float32) / 127.5 - 1.0 for e in exs])
+        b = _target_batch(exs, tokenizer, cfg)
         att = attention(state, b, jax.random.normal(jax.random.PRNGKey(seed), b["image"].shape))
         share = np.zeros((n, K, r * r))  # each context token's share of subject pixels
         for i, sp in enumerate(specs):
