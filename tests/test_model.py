@@ -183,15 +183,17 @@ def test_input_skip_starts_at_identity_and_carries_full_resolution():
     model = attach_context(t2i, nnx.Rngs(5), input_skip=True)
     assert model.cfg.input_skip and float(jnp.abs(model.input_skip.kernel.value).max()) == 0.0
     gd, st = nnx.split(model)
-    out = lambda s: nnx.merge(gd, s)(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
-    f = jax.jit(out)  # jitted (eager NNX is slow on CPU); called again below with a changed state, no recompile
+    # The batch is an argument, not a closed-over constant, in both programs: XLA folds constants differently and
+    # the comparison must be bit-exact. Jitted (eager NNX is slow on CPU); called again below with changed weights.
+    out = lambda s, b: nnx.merge(gd, s)(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
+    f = jax.jit(out)
     f0 = jit_method(t2i, lambda m, b: m(b["x"], b["t"], b["text_ids"]))
-    np.testing.assert_array_equal(np.asarray(f(st)), np.asarray(f0(b)))
+    np.testing.assert_array_equal(np.asarray(f(st, b)), np.asarray(f0(b)))
     # It learns from zero: the loss has a non-zero gradient on its kernel, and a non-zero kernel changes the output.
-    grads = jax.jit(jax.grad(lambda s: jnp.mean(out(s) ** 2)))(st)
+    grads = jax.jit(jax.grad(lambda s, b: jnp.mean(out(s, b) ** 2)))(st, b)
     assert float(jnp.abs(grads["input_skip"]["kernel"].value).max()) > 1e-6
     st["input_skip"]["kernel"].value = 0.5 * jnp.eye(MICRO.channels)[None, None]
-    assert float(jnp.abs(f(st) - f0(b)).max()) > 1e-3
+    assert float(jnp.abs(f(st, b) - f0(b)).max()) > 1e-3
     with pytest.raises(ModelInputError, match="only parts that start at identity"):
         attach_context(t2i, nnx.Rngs(5), channels=8)
 

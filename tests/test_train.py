@@ -47,13 +47,14 @@ def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     out = {}
     # Stage 0 without the input skip, as the shipped stage0-tiny: stage 1 then adds it at identity (with the context).
+    # Data built in a thread (workers=0): spawning worker processes for a few steps costs more than it saves; the
+    # workers themselves are tested in test_data.py.
     out[0] = train(TrainConfig(stage=0, workdir=str(root / "s0"), override=MICRO + ",input_skip=false", steps=6,
-                               batch_size=8,
-                               log_every=2, ckpt_every=3), progress=False)
-    out[1] = train(TrainConfig(stage=1, workdir=str(root / "s1"), init=str(root / "s0"), steps=4, batch_size=8, pool_size=64,
-                               log_every=2), progress=False)
+                               batch_size=8, log_every=2, ckpt_every=3, workers=0), progress=False)
+    out[1] = train(TrainConfig(stage=1, workdir=str(root / "s1"), init=str(root / "s0"), steps=4, batch_size=8,
+                               pool_size=64, log_every=2, workers=0), progress=False)
     out[2] = train(TrainConfig(stage=2, workdir=str(root / "s2"), init=str(root / "s1"), steps=4, batch_size=8,
-                               log_every=2), progress=False)
+                               log_every=2, workers=0), progress=False)
     return root, out
 
 
