@@ -813,9 +813,8 @@ def context_alignment(model, tokenizer, tasks=("depth_to_image", "subject"), n: 
         for i, sp in enumerate(specs):
             for k, ref in enumerate(sp.refs[:K]):
                 if ref.kind == "subject":
-                    rend = W.render(ref.scene, cfg.resolution)
-                    vis = sum(v for o, v in zip(ref.scene.objects, rend.visible()) if o.subject)
-                    share[i, k] = vis.reshape(r, -1, r, vis.shape[1] // r).mean((1, 3)).ravel()
+                    share[i, k] = _subject_pixels(ref, cfg.resolution).reshape(r, -1, r, cfg.resolution // r) \
+                        .mean((1, 3)).ravel()
         valid = np.repeat(np.asarray(b["ctx_mask"], bool)[:, :, None], r * r, axis=2)
         out = {}
         for name, w in att.items():
@@ -830,6 +829,58 @@ def context_alignment(model, tokenizer, tasks=("depth_to_image", "subject"), n: 
                 row["subject_uniform"] = float(np.mean([share[i][valid[i]].mean() for i in range(n)]))
             out[name] = row
         res[task] = out
+    return res
+
+
+def _subject_pixels(ref: T.Ref, R: int) -> np.ndarray:
+    """float [R, R]: the visible coverage of the subject(s) in a reference's render."""
+    rend = W.render(ref.scene, R)
+    return sum(v for o, v in zip(ref.scene.objects, rend.visible()) if o.subject)
+
+
+def subject_probe(model, tokenizer, n_train: int = 1500, n_test: int = 300, seed: int = 0) -> dict:
+    """Is a subject reference's identity in the context tokens the model attends to? Linear probes (softmax
+    regression over the world's subjects, training split, new poses at test) on the first reference of `subject`
+    examples, each given one vector per reference:
+    `tokens_mean` (the mean of its context tokens: what even attention reads), `tokens_subject` (the mean over its
+    tokens weighted by their share of subject pixels: what an attention that found the subject would read), and
+    `pixels_subject` (the subject's mean colour in the reference's own pixels: what the image itself says).
+    Returns {name: top-1 accuracy on `n_test` new examples} and `chance`."""
+    import jax
+    from flax import nnx
+
+    cfg = model.cfg
+    if not cfg.use_context:
+        raise EvalError("subject_probe: this is a text-to-image model (cfg.use_context=False); it has no context")
+    graphdef, state = nnx.split(model)
+    encode = jax.jit(lambda s, b: nnx.merge(graphdef, s).encode_context(b["ctx_image"], b["ctx_ids"],
+                                                                        b["ctx_mask"]).tokens)
+    R, r, K = cfg.resolution, cfg.bottleneck_resolution, cfg.K
+
+    def features(n, seed):
+        specs = T.sample_specs("subject", n, seed, "train", anonymous=True)
+        out = {"tokens_mean": [], "tokens_subject": [], "pixels_subject": []}
+        for s in range(0, n, 64):
+            chunk = specs[s:s + 64]
+            exs = [T.realize(sp, R, with_truth=False) for sp in chunk]
+            tok = np.asarray(encode(state, model_batch(exs, tokenizer, cfg))).reshape(len(chunk), K, r * r, -1)
+            for i, sp in enumerate(chunk):
+                vis = _subject_pixels(sp.refs[0], R)
+                share = vis.reshape(r, R // r, r, R // r).mean((1, 3)).ravel()
+                img = np.asarray(exs[i].instruction.contexts[0].image, np.float32) / 255.0
+                out["tokens_mean"].append(tok[i, 0].mean(0))
+                out["tokens_subject"].append(share @ tok[i, 0] / share.sum())
+                out["pixels_subject"].append((vis[..., None] * img).sum((0, 1)) / vis.sum())
+        labels = np.asarray([W.SUBJECT_NAMES.index(sp.scene.subjects[0]) for sp in specs])
+        return {k: np.asarray(v, np.float64) for k, v in out.items()}, labels
+
+    (Xtr, ytr), (Xte, yte) = features(n_train, seed), features(n_test, seed + 1)
+    onehot = np.eye(len(W.SUBJECT_NAMES))[ytr]
+    res = {}
+    for name in Xtr:
+        probe = dict(_fit_logistic(Xtr[name], onehot, multilabel=False, steps=600), multilabel=False)
+        res[name] = float(np.mean(_predict(probe, Xte[name]).argmax(1) == yte))
+    res["chance"] = 1.0 / len(W.TRAIN_SUBJECTS)
     return res
 
 

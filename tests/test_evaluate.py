@@ -211,3 +211,21 @@ def test_context_alignment_reads_place_to_place_and_subject_mass():
         a.kv.kernel.value = a.kv.kernel.value.at[:, :C].set(eye)
     placed = context_alignment(model, tok, ("depth_to_image",), n=4)["depth_to_image"]
     assert min(row["own"] for row in placed.values()) > 0.9
+
+
+def test_subject_probe_finds_identity_in_pixels_and_in_tokens_that_carry_them():
+    """evaluate.subject_probe: the subject's mean colour in the reference identifies a training subject far above
+    chance; when the context tokens are dominated by their patch's pixels (`ctx_patch` with a large kernel), the
+    subject-weighted tokens identify it far above chance too, and the plain mean over all tokens (the subject
+    diluted by background and company) much less well."""
+    from iimagen.checkpoint import random_model
+    from iimagen.configs import get_config
+    from iimagen.tokenizer import load_tokenizer
+
+    model, tok = random_model(get_config("tiny", ctx_patch=True), seed=2), load_tokenizer()
+    k = model.ctx_patch.kernel.value
+    model.ctx_patch.kernel.value = 50 * jnp.asarray(np.random.default_rng(0).normal(size=k.shape), k.dtype)
+    res = E.subject_probe(model, tok, n_train=600, n_test=150)
+    assert res["chance"] == 1 / len(W.TRAIN_SUBJECTS)
+    assert res["pixels_subject"] > 10 * res["chance"]
+    assert res["tokens_subject"] > 5 * res["chance"] and res["tokens_mean"] < 0.5 * res["tokens_subject"]

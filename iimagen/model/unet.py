@@ -21,6 +21,11 @@ cross-attention's queries the same 2-D position code as the context tokens and s
 its query projection, so a query starts out attending to the context tokens at its own place. Without it, the
 queries (conv features) carry almost no absolute position and a spatial control cannot be read pixel-to-pixel:
 the branch stayed unused through the shipped chain's stage 1 and 600 stage-2 steps (see README, "Context use").
+
+Two optional parts aim at reading a reference by content, as copying a subject needs (off in the named configs; see
+README, "Content reading"): `cfg.ctx_patch` adds each token's own image patch, linearly embedded, to the context
+tokens (the bottleneck keeps little of a reference's colours), and `cfg.ctx_content_attn` adds a second context
+cross-attention per block without position codes. Both start at identity, like the rest of the branch.
 """
 from __future__ import annotations
 
@@ -69,6 +74,11 @@ class Block(nnx.Module):
         ctx_dim = cfg.level_channels[-1]
         self.ctx_attn = (Attention(cout, heads, kv_dim=ctx_dim, norm_groups=g, zero_init=True, dtype=dt, rngs=rngs)
                          if attn and cfg.use_context else None)
+        # Content reading (cfg.ctx_content_attn, the kit's addition): a second context cross-attention whose queries
+        # carry no position code and whose keys are not tied to them, so it starts out looking over the whole
+        # reference and can learn to find a subject wherever the reference shows it. Zero output at birth.
+        self.ctx_content = (Attention(cout, heads, kv_dim=ctx_dim, norm_groups=g, zero_init=True, dtype=dt, rngs=rngs)
+                            if attn and cfg.use_context and cfg.ctx_content_attn else None)
         if self.ctx_attn is not None and cfg.ctx_query_pos and ctx_dim == cout:
             # Aligned at birth: with the key projection equal to the query projection, q_ij . k_ij holds the
             # position term |W (row_i + col_j)|^2, so each query starts out reading the context tokens under it
@@ -90,6 +100,12 @@ class Block(nnx.Module):
                     probe["ctx_attn"].append((name, w))
                 else:
                     h = self.ctx_attn(h, ctx.tokens, ctx.mask, q_pos=qp)
+                if self.ctx_content is not None:
+                    if probe is not None and "ctx_attn" in probe:
+                        h, w = self.ctx_content(h, ctx.tokens, ctx.mask, return_weights=True)
+                        probe["ctx_attn"].append((f"{name} content", w))
+                    else:
+                        h = self.ctx_content(h, ctx.tokens, ctx.mask)
             x = h.reshape(B, H, W, C)
         if probe is not None and "shapes" in probe:
             probe["shapes"].append((name, tuple(x.shape)))
@@ -164,6 +180,13 @@ class InstructImagen(nnx.Module):
             self.ctx_slot = init(0.02, cfg.K, cL)
             self.ctx_row = init(pos, r, cL)
             self.ctx_col = init(pos, r, cL)
+            if cfg.ctx_patch:
+                # The pixels of each token's image patch (p x p x 3, p = resolution / r), linearly embedded and added
+                # to the token (see `encode_context`). Random at birth: a branch attached with it still starts at
+                # identity (its outputs are zero), and a zero patch kernel would learn only as fast as those outputs
+                # grow. `grow` zeroes it when it is added to a branch that is already trained.
+                p = cfg.resolution // r
+                self.ctx_patch = nnx.Linear(p * p * 3, cL, use_bias=False, **lin)
 
     # ---- conditioning --------------------------------------------------------------------------------------------
     def encode_text(self, text_ids) -> TextFeatures:
@@ -240,6 +263,13 @@ class InstructImagen(nnx.Module):
         feat, _ = self._encode(ctx_image.reshape(B * cfg.K, R, R, 3), emb, text, ctx=None)   # [B*K, h, w, C]
         _, h, w, C = feat.shape
         tok = self.ctx_norm(feat) + self.ctx_row.value[:, None, :] + self.ctx_col.value[None, :, :]
+        if cfg.ctx_patch:
+            # cfg.ctx_patch (the kit's addition): the bottleneck keeps little of a reference's colours (a linear
+            # probe finds a training subject from its subject-pooled tokens 33 % of the time, from its mean colour
+            # 89 %: README, "Content reading"), so each token also gets its own patch's pixels, as a ViT patch.
+            p = R // h
+            patch = ctx_image.reshape(B * cfg.K, h, p, w, p, 3).transpose(0, 1, 3, 2, 4, 5)
+            tok = tok + self.ctx_patch(patch.reshape(B * cfg.K, h, w, -1).astype(_dtype(cfg))).astype(jnp.float32)
         tok = tok.reshape(B, cfg.K, h * w, C) + self.ctx_slot.value[None, :, None, :]
         mask = jnp.broadcast_to(ctx_mask.astype(bool)[:, :, None], (B, cfg.K, h * w))
         return ContextFeatures(tok.reshape(B, cfg.K * h * w, C), mask.reshape(B, cfg.K * h * w))
@@ -250,7 +280,8 @@ class InstructImagen(nnx.Module):
         """v-prediction for x_t [B, R, R, 3] at times t [B], given encoded text and (optionally) encoded context.
 
         `return_attention=True` also returns the context cross-attention weights: a dict {block name:
-        [B, heads, h*w, K*T]} (jit returns dicts with sorted keys).
+        [B, heads, h*w, K*T]} (jit returns dicts with sorted keys); with cfg.ctx_content_attn the content attention's
+        weights come too, as "<block name> content".
         """
         cfg = self.cfg
         self._check_x(x_t)
@@ -293,12 +324,13 @@ def attach_context(model_t2i: InstructImagen, rngs: nnx.Rngs | None = None, **ch
     return grow(model_t2i, rngs, use_context=True, **changes)
 
 
-GROWABLE = ("use_context", "input_skip")  # config switches whose new parts are zero-initialised
+GROWABLE = ("use_context", "input_skip", "ctx_patch", "ctx_content_attn")  # switches whose new parts start at zero
 
 
 def grow(model: InstructImagen, rngs: nnx.Rngs | None = None, **changes) -> InstructImagen:
-    """`model` with new parts switched on (`use_context=True`, `input_skip=True`), each zero-initialised, every
-    existing weight copied: the outputs are bit-equal to the old model's until training moves the new parts."""
+    """`model` with new parts switched on (`use_context=True`, `input_skip=True`, `ctx_patch=True`,
+    `ctx_content_attn=True`), each zero-initialised, every existing weight copied: the outputs are bit-equal to the old
+    model's until training moves the new parts."""
     # ctx_query_pos is part of the context branch's layout: it can be chosen only when that branch is attached.
     attaching = changes.get("use_context") is True and not model.cfg.use_context
     bad = sorted(k for k, v in changes.items()
@@ -310,6 +342,9 @@ def grow(model: InstructImagen, rngs: nnx.Rngs | None = None, **changes) -> Inst
     cfg, rngs = dataclasses.replace(model.cfg, **changes), rngs or nnx.Rngs(0)
     new = nnx.jit(lambda r: InstructImagen(cfg, r))(rngs)  # one compiled init, not one per parameter shape
     nnx.update(new, nnx.state(model))                # a partial state: only the shared paths are replaced
+    if cfg.ctx_patch and not model.cfg.ctx_patch and model.cfg.use_context:
+        # patches into a trained branch: the branch's outputs are live, so only a zero patch kernel keeps identity
+        new.ctx_patch.kernel.value = jnp.zeros_like(new.ctx_patch.kernel.value)
     return new
 
 
