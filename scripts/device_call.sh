@@ -6,7 +6,9 @@
 # (the last step restores the full runs.log over the runs' snapshots), then `python scripts/ship_runs.py DIR`.
 # BENCH_S (default 300; 0 skips it) is the benchmark's time: compiling `small`'s train step alone took 173 s on an
 # H200 host, so with it one 10-minute call has no time left for the chain (BENCH_S=0 trains the chain alone).
-# CALL_S (default 585) is when everything must be packed, counted from the start. The shipped chain came from the
+# ATTACH (default empty) goes to train_shipped.sh: ATTACH="ctx_patch=true,ctx_content_attn=true" trains the chain with
+# the content-reading parts (README, "Content reading"). CALL_S (default 585) is when everything must be packed,
+# counted from the start. The shipped chain came from the
 # training half of this script (run first, then the benchmark, which ran out of time), i.e.
 #   STAGE0=data/checkpoints/stage0-tiny SINGLE="..." TAR_TO=/tmp/tars DEADLINE=$((T0+440)) MARGIN=90 \
 #     scripts/train_shipped.sh /tmp/runs 1.7
@@ -28,7 +30,7 @@ if [ $(( T0 + CALL_S - $(date +%s) )) -lt 330 ]; then
 fi
 mkdir -p /tmp/tars /tmp/runs
 DL=$((T0 + CALL_S - 150))
-echo "STAGE0=data/checkpoints/stage0-tiny SINGLE=\"$SINGLES\" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90" \
+echo "ATTACH=\"${ATTACH:-}\" STAGE0=data/checkpoints/stage0-tiny SINGLE=\"$SINGLES\" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90" \
   "scripts/train_shipped.sh /tmp/runs 1.7" > /tmp/runs/invocation.txt
 STAGE0=data/checkpoints/stage0-tiny SINGLE="$SINGLES" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90 \
   timeout $((T0 + CALL_S - 20 - $(date +%s))) bash scripts/train_shipped.sh /tmp/runs 1.7 > "$OUT/device.log" 2>&1

@@ -11,6 +11,8 @@
 # side-by-side stage-2 budgets so that the whole recipe ends by then (a machine lent for a fixed time): it keeps
 # MARGIN (default 150) seconds for their start-up, compile (81-83 s for three side by side on an H100 host without the
 # cache below) and export.
+# ATTACH="ctx_patch=true,ctx_content_attn=true" (empty by default) is the --override of the two runs that attach the
+# context branch (stage1, no_stage1): the content-reading parts (README, "Content reading"); the later runs inherit them.
 # STAGE0=DIR starts stage 1 and no_stage1 from that stage-0 export (e.g. the shipped data/checkpoints/stage0-tiny)
 # instead of training stage 0. Compiled programs go to a persistent cache (scripts/run_lib.sh).
 # TAR_TO=DIR packs each run's export, metrics and log into DIR/NAME.tgz as soon as it ends (scripts/run_lib.sh), so a
@@ -33,8 +35,9 @@ S0=${STAGE0:-$OUT/stage0}
 [ -n "${STAGE0:-}" ] || run stage0 --stage 0 --batch-size "${BATCH0:-$BATCH}" --steps 100000 --lr 1e-3 \
   --time-budget "$(budget 150)" || exit 1
 # Stage 1: retrieval-augmented training from stage 0.
+ATT=(); [ -z "${ATTACH:-}" ] || ATT=(--override "$ATTACH")
 run stage1 --stage 1 --batch-size "$BATCH" --init "$S0" --steps 100000 --time-budget "$(budget 60)" \
-  --pool-size 8192 || exit 1
+  --pool-size 8192 "${ATT[@]}" || exit 1
 # Stage 2 and the baselines, side by side on the one accelerator (each takes a share of memory and data workers).
 N_SIDE=$((3 + $(echo ${SINGLE:-} | wc -w)))
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$($PY -c "print(round(0.95 / $N_SIDE, 3))")  # 0.317 for the three
@@ -44,7 +47,7 @@ COMMON+=(--batch-size "$BATCH" --steps 100000 --time-budget "$B2")
 if [ "$N_SIDE" -gt 5 ]; then W=(4 3 3 1); else W=(8 4 4 2); fi
 run stage2 --stage 2 --init "$OUT/stage1" --workers "${W[0]}" &
 run multitask --stage 2 --variant no_instruction --init "$OUT/stage1" --workers "${W[1]}" &
-run no_stage1 --stage 2 --init "$S0" --workers "${W[2]}" &
+run no_stage1 --stage 2 --init "$S0" --workers "${W[2]}" "${ATT[@]}" &
 for task in ${SINGLE:-}; do
   run "single_$task" --stage 2 --variant "single_task=$task" --init "$OUT/stage1" --workers "${W[3]}" &
 done
