@@ -52,8 +52,8 @@ class ModelConfig:
     dropout: float = 0.0
     input_skip: bool = False       # full-resolution skip: input conv -> output head (zero-initialised, see unet.py)
     ctx_query_pos: bool = False    # queries of the context cross-attention get the context's 2-D position (unet.py)
-    ctx_patch: bool = False        # context tokens also carry their image patch's pixels (zero-initialised, unet.py)
-    ctx_content_attn: bool = False  # a second context cross-attention without position codes (zero-initialised)
+    ctx_patch: bool = False        # context tokens also carry their image patch's pixels (added at identity, unet.py)
+    ctx_content_attn: bool = False  # a second context cross-attention without position codes (zero output at birth)
 
     def __post_init__(self):
         # JSON turns tuples into lists: accept both, store tuples so the config stays hashable.

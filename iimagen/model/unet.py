@@ -265,8 +265,8 @@ class InstructImagen(nnx.Module):
         tok = self.ctx_norm(feat) + self.ctx_row.value[:, None, :] + self.ctx_col.value[None, :, :]
         if cfg.ctx_patch:
             # cfg.ctx_patch (the kit's addition): the bottleneck keeps little of a reference's colours (a linear
-            # probe finds a training subject from its subject-pooled tokens 33 % of the time, from its mean colour
-            # 89 %: README, "Content reading"), so each token also gets its own patch's pixels, as a ViT patch.
+            # probe finds a training subject from the shipped model's subject-weighted tokens 33 % of the time, from
+            # its mean colour 84 %: `evaluate.subject_probe`), so each token also gets its own patch's pixels.
             p = R // h
             patch = ctx_image.reshape(B * cfg.K, h, p, w, p, 3).transpose(0, 1, 3, 2, 4, 5)
             tok = tok + self.ctx_patch(patch.reshape(B * cfg.K, h, w, -1).astype(_dtype(cfg))).astype(jnp.float32)
@@ -324,13 +324,13 @@ def attach_context(model_t2i: InstructImagen, rngs: nnx.Rngs | None = None, **ch
     return grow(model_t2i, rngs, use_context=True, **changes)
 
 
-GROWABLE = ("use_context", "input_skip", "ctx_patch", "ctx_content_attn")  # switches whose new parts start at zero
+GROWABLE = ("use_context", "input_skip", "ctx_patch", "ctx_content_attn")  # switches whose new parts start at identity
 
 
 def grow(model: InstructImagen, rngs: nnx.Rngs | None = None, **changes) -> InstructImagen:
     """`model` with new parts switched on (`use_context=True`, `input_skip=True`, `ctx_patch=True`,
-    `ctx_content_attn=True`), each zero-initialised, every existing weight copied: the outputs are bit-equal to the old
-    model's until training moves the new parts."""
+    `ctx_content_attn=True`), each starting at identity (a zero output projection or kernel), every existing weight
+    copied: the outputs are bit-equal to the old model's until training moves the new parts."""
     # ctx_query_pos is part of the context branch's layout: it can be chosen only when that branch is attached.
     attaching = changes.get("use_context") is True and not model.cfg.use_context
     bad = sorted(k for k, v in changes.items()
