@@ -158,6 +158,41 @@ def test_cli_eval_writes_table_and_groups_single_task(tmp_path, monkeypatch):
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o2"), "--tasks", "bogus"]) == 2
 
 
+def test_cli_eval_context_use_measures_each_model_on_its_tasks(tmp_path, monkeypatch):
+    """`iimagen eval --context-use`: one context_use call per model, on the tasks with a context (never
+    text-to-image); a single-task model only on its own task, with at least CONTEXT_USE_MIN_N examples and the
+    model's variant; the gains land in table.md and scores.json."""
+    from iimagen import pipeline
+    from iimagen.configs import get_config
+
+    class Fake:
+        def __init__(self, variant):
+            self.cfg, self.meta, self.model, self.tokenizer = get_config("tiny"), {"variant": variant}, variant, None
+
+    metas = {"instruct-imagen-tiny": "instruct", "multitask-tiny": "no_instruction",
+             "single-edge": "single_task=edge_to_image"}
+    monkeypatch.setattr(pipeline.Generator, "load", classmethod(lambda cls, d: Fake(metas[d.split("/")[-1]])))
+    monkeypatch.setattr(E, "generate", lambda gen, exs, **kw: [np.full((32, 32, 3), 128, np.uint8) for _ in exs])
+    calls = []
+
+    def fake_use(model, tok, tasks, n, seed, variant=None):
+        calls.append((model, tuple(tasks), n, variant))
+        return {t: {"true": 0.5, "shuffled": 1.0, "none": 1.0, "gain": 0.5} for t in tasks}
+
+    monkeypatch.setattr(E, "context_use", fake_use)
+    dirs = [str(tmp_path / k) for k in metas]
+    tasks = ["text_to_image", "edge_to_image", "style_transfer"]
+    assert E.cli_eval(["--checkpoint", dirs[0], "--baselines", *dirs[1:], "--out", str(tmp_path / "out"), "--n", "2",
+                       "--tasks", *tasks, "--context-use"]) == 0
+    n = E.CONTEXT_USE_MIN_N
+    assert sorted(calls) == sorted([("instruct", ("edge_to_image", "style_transfer"), n, "instruct"),
+                                    ("no_instruction", ("edge_to_image", "style_transfer"), n, "no_instruction"),
+                                    ("single_task=edge_to_image", ("edge_to_image",), n, "single_task=edge_to_image")])
+    use = json.loads((tmp_path / "out" / "scores.json").read_text())["context_use"]
+    assert set(use["Single-task"]) == {"edge_to_image"} and use["Instruct-Imagen"]["style_transfer"]["gain"] == 0.5
+    assert "Context use" in (tmp_path / "out" / "table.md").read_text()
+
+
 def test_context_use_is_zero_for_a_dead_context_branch_and_not_for_a_live_one():
     """evaluate.context_use: with every context cross-attention's output projection at zero (a branch attached but
     never trained) the loss is exactly the same with the true, another example's and no context (gain 0); with a
