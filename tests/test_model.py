@@ -239,9 +239,10 @@ def test_context_query_position_aligns_at_birth_and_keeps_identity():
 
 def test_content_reading_parts_start_at_identity_read_patches_and_ignore_the_query_position():
     """grow(..., ctx_patch=True, ctx_content_attn=True) on an aligned context model: outputs stay bit-equal and both
-    parts learn from zero (attached with the branch, the patch kernel starts random and outputs stay bit-equal too). A patch kernel W adds exactly `pixels of the token's own p x p patch @ W` to each context
-    token (checked against a loop over the grid), and the content attention's weights do not depend on the query
-    position code (the aligned attention's do)."""
+    parts learn from zero. Attached together with the branch, the patch kernel starts random and outputs stay
+    bit-equal too. A patch kernel W adds exactly `pixels of the token's own p x p patch @ W` to each context token
+    (checked against a loop over the grid), and the content attention's weights do not depend on the query position
+    code (the aligned attention's do)."""
     t2i = InstructImagen(dataclasses.replace(MICRO, use_context=False), nnx.Rngs(0))
     b = make_batch(MICRO)
     aligned = attach_context(t2i, nnx.Rngs(5), ctx_query_pos=True)
