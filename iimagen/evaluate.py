@@ -813,8 +813,7 @@ def context_alignment(model, tokenizer, tasks=("depth_to_image", "subject"), n: 
         for i, sp in enumerate(specs):
             for k, ref in enumerate(sp.refs[:K]):
                 if ref.kind == "subject":
-                    share[i, k] = _subject_pixels(ref, cfg.resolution).reshape(r, -1, r, cfg.resolution // r) \
-                        .mean((1, 3)).ravel()
+                    share[i, k] = _subject_pixels(ref, cfg.resolution, r)[1]
         valid = np.repeat(np.asarray(b["ctx_mask"], bool)[:, :, None], r * r, axis=2)
         out = {}
         for name, w in att.items():
@@ -832,10 +831,12 @@ def context_alignment(model, tokenizer, tasks=("depth_to_image", "subject"), n: 
     return res
 
 
-def _subject_pixels(ref: T.Ref, R: int) -> np.ndarray:
-    """float [R, R]: the visible coverage of the subject(s) in a reference's render."""
+def _subject_pixels(ref: T.Ref, R: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """The visible coverage of the subject(s) in a reference's render, float [R, R], and each context token's share of
+    it on the r x r bottleneck grid, float [r*r]."""
     rend = W.render(ref.scene, R)
-    return sum(v for o, v in zip(ref.scene.objects, rend.visible()) if o.subject)
+    vis = sum(v for o, v in zip(ref.scene.objects, rend.visible()) if o.subject)
+    return vis, vis.reshape(r, R // r, r, R // r).mean((1, 3)).ravel()
 
 
 def subject_probe(model, tokenizer, n_train: int = 1500, n_test: int = 300, seed: int = 0) -> dict:
@@ -865,8 +866,7 @@ def subject_probe(model, tokenizer, n_train: int = 1500, n_test: int = 300, seed
             exs = [T.realize(sp, R, with_truth=False) for sp in chunk]
             tok = np.asarray(encode(state, model_batch(exs, tokenizer, cfg))).reshape(len(chunk), K, r * r, -1)
             for i, sp in enumerate(chunk):
-                vis = _subject_pixels(sp.refs[0], R)
-                share = vis.reshape(r, R // r, r, R // r).mean((1, 3)).ravel()
+                vis, share = _subject_pixels(sp.refs[0], R, r)
                 img = np.asarray(exs[i].instruction.contexts[0].image, np.float32) / 255.0
                 out["tokens_mean"].append(tok[i, 0].mean(0))
                 out["tokens_subject"].append(share @ tok[i, 0] / share.sum())

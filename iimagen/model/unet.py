@@ -95,17 +95,15 @@ class Block(nnx.Module):
             h = self.text_attn(h, text.tokens, text.mask)
             if self.ctx_attn is not None and ctx is not None:
                 qp = q_pos if q_pos is not None and q_pos.shape == (H * W, C) else None  # the context's own grid
-                if probe is not None and "ctx_attn" in probe:
-                    h, w = self.ctx_attn(h, ctx.tokens, ctx.mask, return_weights=True, q_pos=qp)
-                    probe["ctx_attn"].append((name, w))
-                else:
-                    h = self.ctx_attn(h, ctx.tokens, ctx.mask, q_pos=qp)
-                if self.ctx_content is not None:
+                # the aligned context attention, then (cfg.ctx_content_attn) the one without position codes
+                for attn, label, pos in ((self.ctx_attn, name, qp), (self.ctx_content, f"{name} content", None)):
+                    if attn is None:
+                        continue
                     if probe is not None and "ctx_attn" in probe:
-                        h, w = self.ctx_content(h, ctx.tokens, ctx.mask, return_weights=True)
-                        probe["ctx_attn"].append((f"{name} content", w))
+                        h, w = attn(h, ctx.tokens, ctx.mask, return_weights=True, q_pos=pos)
+                        probe["ctx_attn"].append((label, w))
                     else:
-                        h = self.ctx_content(h, ctx.tokens, ctx.mask)
+                        h = attn(h, ctx.tokens, ctx.mask, q_pos=pos)
             x = h.reshape(B, H, W, C)
         if probe is not None and "shapes" in probe:
             probe["shapes"].append((name, tuple(x.shape)))
