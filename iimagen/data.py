@@ -7,7 +7,7 @@
 - stage 0: text-to-image only (the stand-in for the pre-trained Imagen): raw captions, empty context, 10 % of the
   texts dropped (all pad) for classifier-free guidance.
 - stage 1: retrieval-augmented training (App. A.3.1) from a `tasks.RetrievalPool`: target + 3 neighbours with raw
-  captions; 10 % drop text + context, 10 % drop context.
+  captions (subjects by nonce names unless `anonymous=False`); 10 % drop text + context, 10 % drop context.
 - stage 2: the instruction-tuning mixture (`tasks.STAGE2_MIXTURE`, or `mixture=`).
 
 `variant` builds the baselines of paper Table 3: `"no_instruction"` (the multi-task model trained on raw inputs: the
@@ -90,7 +90,7 @@ class Loader:
         self.stage, self.batch_size, self.seed, self.K = stage, int(batch_size), int(seed), int(K)
         self.start_step, self.steps, self.prefetch = int(start_step), steps, int(prefetch)
         self.workers = int(workers)
-        self.anonymous = bool(anonymous)  # stage 2: nonce subject names, unnamed style refs (tasks.draw_spec)
+        self.anonymous = bool(anonymous)  # stages 1-2: nonce subject names; stage 2: unnamed style refs (draw_spec)
         self.variant, self.single = parse_variant(variant)
         if stage != 2 and self.variant:
             raise DataError(f"variant={variant!r} applies to stage 2 only (the baselines of paper Table 3)")
@@ -116,7 +116,8 @@ class Loader:
         """Example j (global index) of batch `step`."""
         rng = np.random.default_rng([self.seed, int(step), int(j)])
         if self.stage == 1:
-            return self.pool.example(int(rng.integers(len(self.pool.clusters))), rng, self.R, with_truth)
+            return self.pool.example(int(rng.integers(len(self.pool.clusters))), rng, self.R, with_truth,
+                                     anonymous=self.anonymous)
         if self.stage == 0:
             spec = T.draw_spec("text_to_image", rng, training=True)
             spec = replace(spec, text=spec.caption, drop="all" if rng.random() < T.DROP_P else None)

@@ -309,7 +309,8 @@ def judge_layout(img: np.ndarray, content: np.ndarray) -> dict:
 # -------------------------------------------------------------------------------------------- learned judges
 def judge_features(images) -> np.ndarray:
     """float32 [N, D] features of uint8 images [N, R, R, 3] (any R in 32/64/128): `retrieval.embed` (colour,
-    texture, layout), a fine 6x6x6 colour histogram (square-rooted) and a histogram of the Laplacian (noise/blur)."""
+    texture, layout; without its foreground block, which came after the shipped judges were fitted), a fine 6x6x6
+    colour histogram (square-rooted) and a histogram of the Laplacian (noise/blur)."""
     from .retrieval import embed
 
     x = np.asarray(images)
@@ -326,7 +327,7 @@ def judge_features(images) -> np.ndarray:
     lap = np.abs(4 * L[:, 1:-1, 1:-1] - L[:, :-2, 1:-1] - L[:, 2:, 1:-1] - L[:, 1:-1, :-2] - L[:, 1:-1, 2:])
     edges = np.asarray([0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, np.inf], np.float32)
     lh = np.stack([np.histogram(a, edges)[0] for a in lap.reshape(N, -1)]).astype(np.float32) / lap[0].size
-    return np.concatenate([embed(x), np.sqrt(hist), np.sqrt(lh)], axis=1).astype(np.float32)
+    return np.concatenate([embed(x, foreground=False), np.sqrt(hist), np.sqrt(lh)], axis=1).astype(np.float32)
 
 
 def _fit_logistic(X, Y, multilabel: bool, steps: int = 400, lr: float = 0.05, l2: float = 1e-4):
@@ -721,14 +722,16 @@ def _target_batch(examples: list, tokenizer, cfg, variant: str | None = None) ->
 
 
 def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t_range=(0.5, 1.0),
-                variant: str | None = None, batch_size: int = 32, split: str = "test", anonymous: bool = False) -> dict:
+                variant: str | None = None, batch_size: int = 32, split: str = "test", anonymous: bool = False,
+                examples: dict | None = None) -> dict:
     """Does the model read its context? The denoising loss (paper App. A.2.2) on `n` examples per task (held out by
     default, see `split`) with the true context, with the context of another example (the batch rolled by one) and
     with none (every slot empty), at the same t ~ U[t_range] and noise. `gain` = 1 - true / shuffled: 0 means the
     context branch is not used at all (the outputs would be the same with any reference); the mid-to-high noise
     levels of the default range are where a reference decides the layout. `split='train'` draws the training
     subjects and styles instead of the held-out ones (a model that knows a training subject by its name need not read
-    its reference); `anonymous=True` names them as training does (nonce names, `tasks.draw_spec`).
+    its reference); `anonymous=True` names them as training does (nonce names, `tasks.draw_spec`). `examples`
+    ({label: [Example]}, e.g. stage-1 examples whose target shows a subject) are measured instead of `tasks`.
     Returns {task: {"true", "shuffled", "none", "gain"}}."""
     import jax
     import jax.numpy as jnp
@@ -756,9 +759,11 @@ def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t
             out[name] = jnp.sum(per)
         return out
 
+    if examples is None:
+        examples = {task: T.sample(task, n, seed, cfg.resolution, split=split, anonymous=anonymous) for task in tasks}
     res = {}
-    for ti, task in enumerate(tasks):
-        exs = T.sample(task, n, seed, cfg.resolution, split=split, anonymous=anonymous)
+    for ti, (task, exs) in enumerate(examples.items()):
+        n = len(exs)
         tot = {"true": 0.0, "shuffled": 0.0, "none": 0.0}
         for s in range(0, n, batch_size):  # (a shorter last batch compiles once more)
             chunk = exs[s:s + batch_size]

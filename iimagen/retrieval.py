@@ -8,7 +8,12 @@ that a dot product is a cosine similarity:
    style's palette;
 2. texture: histograms of gradient magnitude (8 bins) and of orientation weighted by magnitude (8 bins), which find
    a style's strokes, dots, grids and outlines;
-3. layout: the 4x4 grid of mean gradient magnitude (16) and a 4x4 colour thumbnail (48).
+3. layout: the 4x4 grid of mean gradient magnitude (16) and a 4x4 colour thumbnail (48);
+4. foreground: a joint 8x8x8 RGB histogram (512 bins) of the pixels that stand out from their row's background,
+   estimated from the row's two left-most and two right-most pixels (the world's backgrounds change top to bottom,
+   not left to right). The whole-image histogram is mostly background, so without this block a subject's
+   neighbours were mostly other subjects on the same background (same-subject precision@3 0.19 on a 2,048-item
+   pool; with it 0.82, and same-style 0.86 -> 0.91). What CLIP gives the paper, what is shown, this gives the world.
 
 Each block is L2-normalised and weighted (`WEIGHTS`), then the whole vector is L2-normalised. `topk` is exact search
 in jax: queries x keys in chunks (a matmul plus `lax.top_k` per chunk, merged across chunks), so the key set can hold
@@ -18,16 +23,35 @@ from __future__ import annotations
 
 import numpy as np
 
-WEIGHTS = {"colour": 1.0, "magnitude": 0.6, "orientation": 0.6, "layout": 0.4, "thumb": 0.5}
-DIM = 64 + 8 + 8 + 16 + 48
+WEIGHTS = {"colour": 1.0, "magnitude": 0.6, "orientation": 0.6, "layout": 0.4, "thumb": 0.5, "foreground": 4.5}
+DIM = 64 + 8 + 8 + 16 + 48 + 512
+FOREGROUND_THRESHOLD = 0.2  # L1 RGB distance (0-3) from both of the row's background estimates
 
 
 def _l2(x, axis=-1):
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-8)
 
 
-def embed(images: np.ndarray) -> np.ndarray:
-    """float32 [N, DIM] unit-norm embeddings of uint8 images [N, H, W, 3] (H, W divisible by 4)."""
+def _histogram(code: np.ndarray, bins: int, weight: np.ndarray | None = None) -> np.ndarray:
+    """[N, bins] counts of integer codes [N, P] (each weighted by `weight` [N, P] if given), square-rooted
+    (Hellinger) and L2-normalised."""
+    N, P = code.shape
+    h = np.zeros((N, bins), np.float32)
+    np.add.at(h, (np.repeat(np.arange(N), P), code.ravel()), 1.0 if weight is None else weight.ravel())
+    return _l2(np.sqrt(h))
+
+
+def foreground_mask(f: np.ndarray, threshold: float = FOREGROUND_THRESHOLD, edge: int = 2) -> np.ndarray:
+    """bool [N, H, W]: pixels of float images f [N, H, W, 3] far (L1) from both ends of their row, i.e. from the
+    background as the row's `edge` left-most and right-most pixels show it."""
+    left = np.median(f[:, :, :edge], axis=2, keepdims=True)
+    right = np.median(f[:, :, -edge:], axis=2, keepdims=True)
+    return np.minimum(np.abs(f - left).sum(-1), np.abs(f - right).sum(-1)) > threshold
+
+
+def embed(images: np.ndarray, foreground: bool = True) -> np.ndarray:
+    """float32 [N, DIM] unit-norm embeddings of uint8 images [N, H, W, 3] (H, W divisible by 4).
+    `foreground=False` leaves out block 4 ([N, DIM - 512]; the learned judges' features, fitted before it)."""
     x = np.asarray(images)
     if x.ndim == 3:
         x = x[None]
@@ -35,10 +59,7 @@ def embed(images: np.ndarray) -> np.ndarray:
         raise ValueError(f"embed: images must be uint8 [N, H, W, 3], got {x.dtype} {x.shape}")
     N, H, Wd, _ = x.shape
     q = (x >> 6).astype(np.int32)  # 4 levels per channel
-    code = (q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]).reshape(N, -1)
-    colour = np.zeros((N, 64), np.float32)
-    np.add.at(colour, (np.repeat(np.arange(N), H * Wd), code.ravel()), 1.0)
-    colour = _l2(np.sqrt(colour))
+    colour = _histogram((q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]).reshape(N, -1), 64)
     f = x.astype(np.float32) / 255.0
     L = f @ np.asarray([0.299, 0.587, 0.114], np.float32)
     gx = np.zeros_like(L)
@@ -47,18 +68,19 @@ def embed(images: np.ndarray) -> np.ndarray:
     gy[:, 1:-1] = L[:, 2:] - L[:, :-2]
     mag = np.hypot(gx, gy)
     mbin = np.clip((mag / 0.12).astype(np.int32), 0, 7).reshape(N, -1)
-    magnitude = np.zeros((N, 8), np.float32)
-    np.add.at(magnitude, (np.repeat(np.arange(N), H * Wd), mbin.ravel()), 1.0)
-    magnitude = _l2(np.sqrt(magnitude))
+    magnitude = _histogram(mbin, 8)
     ob = (((np.arctan2(gy, gx) % np.pi) / np.pi * 8).astype(np.int32) % 8).reshape(N, -1)
-    orientation = np.zeros((N, 8), np.float32)
-    np.add.at(orientation, (np.repeat(np.arange(N), H * Wd), ob.ravel()), mag.reshape(N, -1).ravel())
-    orientation = _l2(np.sqrt(orientation))
+    orientation = _histogram(ob, 8, mag.reshape(N, -1))
     layout = _l2(mag.reshape(N, 4, H // 4, 4, Wd // 4).mean(axis=(2, 4)).reshape(N, 16))
     thumb = f.reshape(N, 4, H // 4, 4, Wd // 4, 3).mean(axis=(2, 4)).reshape(N, 48)
     thumb = _l2(thumb - thumb.mean(axis=1, keepdims=True))
     parts = [colour * WEIGHTS["colour"], magnitude * WEIGHTS["magnitude"], orientation * WEIGHTS["orientation"],
              layout * WEIGHTS["layout"], thumb * WEIGHTS["thumb"]]
+    if foreground:
+        q8 = (x >> 5).astype(np.int32)  # 8 levels per channel
+        fg = _histogram((q8[..., 0] * 64 + q8[..., 1] * 8 + q8[..., 2]).reshape(N, -1), 512,
+                        foreground_mask(f).reshape(N, -1).astype(np.float32))
+        parts.append(fg * WEIGHTS["foreground"])
     return _l2(np.concatenate(parts, axis=1)).astype(np.float32)
 
 

@@ -2,7 +2,8 @@
 
 - Stage 1, retrieval-augmented training (App. A.3.1): clusters of 5 similar-but-not-duplicate examples found by
   embedding k-NN (`iimagen.retrieval`); an example is 1 target + 3 neighbours as context with their *raw* captions
-  (no template, kind "reference"); 10 % drop text+context, 10 % drop context (`RetrievalPool`).
+  (no template, kind "reference"; in training each subject is called by a nonce name); 10 % drop text+context,
+  10 % drop context (`RetrievalPool`).
 - Stage 2, instruction tuning on the mixture of Table 1 (`STAGE2_MIXTURE`): text-to-image 0.20 (0.15 plain + 0.05
   "artwork" captions that name a style), control 0.20 (depth/mask/edge 0.06 each, sketch 0.02), subject 0.40,
   styled generation 0.10, style transfer 0.10.
@@ -300,7 +301,8 @@ def sample(task: str, n: int, seed: int, resolution: int, split: str = "train", 
     if task == "retrieval":
         rng = np.random.default_rng([int(seed), task_id(task)])
         pool = pool or RetrievalPool(512, seed=int(seed))
-        return [pool.example(int(rng.integers(len(pool.clusters))), rng, resolution) for _ in range(n)]
+        return [pool.example(int(rng.integers(len(pool.clusters))), rng, resolution, anonymous=anonymous)
+                for _ in range(n)]
     return [realize(spec, resolution) for spec in sample_specs(task, n, seed, split, anonymous)]
 
 
@@ -332,6 +334,9 @@ def draw_mixture_spec(rng: np.random.Generator, mixture: dict | None = None) -> 
 
 
 # ------------------------------------------------------------------------------------------ stage-1 clusters
+SUBJECT_SLOT = "\x00"  # where a pool caption names its subject (RetrievalPool.caption fills it)
+
+
 class RetrievalPool:
     """Stage-1 data (App. A.3.1): a pool of captioned world images (plain scenes, styled scenes with artwork
     captions, single-subject scenes; training subjects and styles only), embedded with `retrieval.embed`, and
@@ -343,7 +348,8 @@ class RetrievalPool:
         from . import retrieval
 
         rng = np.random.default_rng([seed, 101])
-        self.items = []  # (scene, style, caption)
+        self.items = []  # (scene, style, caption with the subject's own name)
+        self._templates = []  # the same captions with SUBJECT_SLOT where the subject's name goes
         for _ in range(size):
             u = rng.random()
             if u < 0.35:
@@ -352,7 +358,9 @@ class RetrievalPool:
                 st = None
             else:
                 sc, st = W.random_scene(rng), (str(rng.choice(W.TRAIN_STYLES)) if u < 0.7 else None)
-            self.items.append((sc, st, W.caption(sc, rng, style=st)))
+            template = W.caption(sc, rng, style=st, names={s: SUBJECT_SLOT for s in sc.subjects})
+            self._templates.append(template)
+            self.items.append((sc, st, template.replace(SUBJECT_SLOT, sc.subjects[0]) if sc.subjects else template))
         self.subject = np.asarray([it[0].subjects[0] if it[0].subjects else "" for it in self.items])
         self.style = np.asarray([it[1] or "" for it in self.items])
         imgs = np.stack([self.image(i, embed_resolution) for i in range(size)])
@@ -373,19 +381,39 @@ class RetrievalPool:
             self._cache = cache
         return cache[key]
 
-    def spec(self, c: int, rng: np.random.Generator) -> tuple[Spec, list[int]]:
-        """Stage-1 spec from cluster c: 1 target + 3 neighbours (raw captions), with the 10 %/10 % dropout."""
+    def caption(self, i: int, names: dict | None = None) -> str:
+        """Item i's caption, its subject called `names[subject]` (default: the subject's own name)."""
+        sc, _, cap = self.items[i]
+        if not sc.subjects or not names:
+            return cap
+        return self._templates[i].replace(SUBJECT_SLOT, names.get(sc.subjects[0], sc.subjects[0]))
+
+    def spec(self, c: int, rng: np.random.Generator, anonymous: bool = False) -> tuple[Spec, list[int]]:
+        """Stage-1 spec from cluster c: 1 target + 3 neighbours (raw captions), with the 10 %/10 % dropout.
+
+        `anonymous` (what training uses): every subject in the example gets one nonce name, the same in the target's
+        caption and in each neighbour's that shows it, as stage 2 does (`draw_spec`). With the subjects' own names
+        the caption alone fixes the look, and the neighbours never need reading for it."""
         members = [int(i) for i in rng.permutation(self.clusters[c])]
         t, ctx = members[0], members[1:4]
         u = rng.random()
         drop = "all" if u < DROP_P else ("context" if u < 2 * DROP_P else None)
-        sc, st, cap = self.items[t]
-        refs = tuple(Ref("reference", self.items[i][0], self.items[i][1], self.items[i][2]) for i in ctx)
-        spec = Spec("retrieval", sc, st, refs, cap, cap, int(rng.integers(2 ** 31)), drop, {"pool_items": [t] + ctx})
+        seed = int(rng.integers(2 ** 31))
+        names: dict = {}
+        if anonymous:
+            for i in [t] + ctx:
+                for s in self.items[i][0].subjects:
+                    if s not in names:
+                        names[s] = W.nonce_name(rng, avoid=names.values())
+        sc, st, _ = self.items[t]
+        cap = self.caption(t, names)
+        refs = tuple(Ref("reference", self.items[i][0], self.items[i][1], self.caption(i, names)) for i in ctx)
+        spec = Spec("retrieval", sc, st, refs, cap, cap, seed, drop, {"pool_items": [t] + ctx})
         return spec, [t] + ctx
 
-    def example(self, c: int, rng: np.random.Generator, resolution: int, with_truth: bool = True) -> Example:
-        spec, idx = self.spec(c, rng)
+    def example(self, c: int, rng: np.random.Generator, resolution: int, with_truth: bool = True,
+                anonymous: bool = False) -> Example:
+        spec, idx = self.spec(c, rng, anonymous)
         images = {id(self.items[i][0]): self.image(i, resolution) for i in idx}
         # the pool's images carry their own style: realize() must not restyle them
         spec = Spec(spec.task, spec.scene, None, tuple(Ref(r.kind, r.scene, None, r.text) for r in spec.refs),

@@ -74,7 +74,7 @@ class TrainConfig:
     workdir: str = "runs/tiny-stage0"
     init: str | None = None            # workdir or exported checkpoint to start from (stage 1 and 2)
     variant: str = "instruct"          # instruct | no_instruction | single_task=<task>
-    names: str = "nonce"               # stage 2: "nonce" subject names per example, or the "world"'s own names
+    names: str = "nonce"               # stages 1-2: "nonce" subject names per example, or the "world"'s own names
     steps: int | None = None           # None: STAGE_DEFAULTS[stage]
     batch_size: int = 64               # global batch, split over devices and hosts
     lr: float | None = None

@@ -158,3 +158,18 @@ def test_stage2_loader_uses_nonce_names_unless_asked_for_world_names():
 
     assert not any(names_shown(True))
     assert all(names_shown(False))
+
+
+def test_stage1_loader_uses_nonce_names_unless_asked_for_world_names():
+    from iimagen import tasks as T
+    from iimagen import world as W
+
+    pool = T.RetrievalPool(256, seed=0)
+
+    def names_shown(anonymous):
+        L = Loader(1, 8, 32, seed=0, pool=pool, anonymous=anonymous, **KW)
+        texts = [" ".join([ex.instruction.text] + [c.text for c in ex.instruction.contexts])
+                 for ex in (L.example(s, j, with_truth=False) for s in range(8) for j in range(8)) if ex.drop is None]
+        return sum(bool(set(re.findall(r"[a-z]+", t)) & set(W.SUBJECT_NAMES)) for t in texts)
+
+    assert names_shown(True) == 0 and names_shown(False) > 5

@@ -115,6 +115,33 @@ def test_retrieval_examples_follow_stage1():
     assert drops.count(None) > 20
 
 
+def test_stage1_training_calls_each_subject_by_one_nonce_name_in_target_and_neighbours():
+    """Stage-1 training (`anonymous=True`) never shows a subject's own name: each subject of an example gets one
+    nonce name, the same in the target's caption and in every neighbour's that shows it, so only the neighbours'
+    pixels say what it looks like. Everything else is the named example's: scenes, captions, seed, dropout."""
+    pool = T.RetrievalPool(512, seed=0)
+    shared = 0
+    for c in range(0, len(pool.clusters), 5):
+        named, idx = pool.spec(c, np.random.default_rng(c))
+        anon, idx2 = pool.spec(c, np.random.default_rng(c), anonymous=True)
+        assert idx == idx2 and (named.seed, named.drop, named.scene) == (anon.seed, anon.drop, anon.scene)
+        texts = [anon.text] + [r.text for r in anon.refs]
+        assert not set(re.findall(r"[a-z]+", " ".join(texts))) & set(W.SUBJECT_NAMES)
+        called = {}
+        for i, text, named_text in zip(idx, texts, [named.text] + [r.text for r in named.refs]):
+            subj = pool.items[i][0].subjects
+            if not subj:
+                assert text == named_text
+                continue
+            before, after = re.split(rf"\b{subj[0]}\b", named_text)  # the caption names its subject once
+            assert text.startswith(before) and text.endswith(after)
+            nonce = text[len(before):len(text) - len(after)]
+            assert nonce.isalpha() and nonce not in W.SUBJECT_NAMES
+            assert called.setdefault(subj[0], nonce) == nonce  # one name per subject within the example
+        shared += pool.subject[idx[0]] != "" and pool.subject[idx[0]] in pool.subject[idx[1:]]
+    assert shared > 10  # the target's subject is in its neighbours often enough to be read from them
+
+
 def test_write_examples(tmp_path):
     import json
 
