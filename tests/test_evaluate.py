@@ -209,6 +209,10 @@ def test_context_use_is_zero_for_a_dead_context_branch_and_not_for_a_live_one():
     held_out, known = (context_use(model, tok, ["subject"], n=4, batch_size=4, split=sp)["subject"]
                        for sp in ("test", "train"))
     assert abs(known["true"] - held_out["true"]) > 1e-6  # training subjects, not held-out ones
+    from iimagen import tasks as T
+
+    given = context_use(model, tok, examples={"mine": T.sample("edge_to_image", 8, 0, 32, split="test")}, batch_size=8)["mine"]
+    assert given == live  # examples= measures the examples given, as `tasks` measures the ones it draws
     blocks = [model.middle] + [b for lv in model.encoder for b in lv.blocks] + [b for lv in model.decoder for b in lv.blocks]
     for b in blocks:
         if b.ctx_attn is not None:
