@@ -25,6 +25,7 @@ end of the `for` loop or a KeyboardInterrupt stop them (terminate + join: no zom
 from __future__ import annotations
 
 import copy
+import hashlib
 import multiprocessing as mp
 import os
 import queue
@@ -126,6 +127,21 @@ class Loader:
             spec = T.draw_spec(T.SOURCE_TASK.get(src, src), rng, training=True,
                                source="artwork" if src == "artwork" else "natural", anonymous=self.anonymous)
         return T.realize(spec, self.R, with_truth=with_truth)
+
+    def fingerprint(self, n: int = 4) -> str:
+        """A digest of the first `n` examples of step 0 as the model sees them (target, payload tokens, context images
+        and tokens). Equal data give equal digests; a resumed run compares it with its checkpoint's, so a change of
+        the kit's data (or of --seed, --names, --pool-size) since the run began does not pass unseen."""
+        h = hashlib.sha256()
+        for j in range(min(n, self.batch_size)):
+            ex = self.example(0, j, with_truth=False)
+            text = self._text(ex)
+            h.update(np.ascontiguousarray(ex.target).tobytes())
+            h.update(self.encode([text or ""], self.text_len).tobytes() if text is not None else b"<dropped>")
+            for c in ex.instruction.contexts:
+                h.update(np.ascontiguousarray(c.image).tobytes())
+                h.update(self.encode([c.text], self.ctx_text_len).tobytes())
+        return h.hexdigest()[:16]
 
     def _text(self, ex: T.Example) -> str | None:
         """The payload text the model sees: None = dropped (all pad)."""

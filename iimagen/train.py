@@ -26,7 +26,8 @@ One code path serves 1 to N devices:
 
 Checkpoints are orbax (atomic, no pickle) and hold parameters, EMA, optimizer, step and config. The data are
 deterministic in (seed, step), so a run killed at any point and started again with the same command continues with
-the same batches and the same losses.
+the same batches and the same losses. Each checkpoint keeps a fingerprint of the data (`Loader.fingerprint`); a run
+resumed on other data (a newer kit whose examples changed, another --seed or --names) warns and trains on.
 """
 from __future__ import annotations
 
@@ -370,7 +371,7 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     mngr = ocp.CheckpointManager(workdir / "checkpoints",
                                  options=ocp.CheckpointManagerOptions(max_to_keep=tc.keep, create=True))
     meta = {"train": dataclasses.asdict(tc), "model": dataclasses.asdict(cfg)}
-    wall_before = 0.0  # training time of the earlier runs this one resumes (kept in each checkpoint's meta)
+    old, wall_before = None, 0.0  # the resumed checkpoint's meta; training time of the earlier runs it holds
     if mngr.latest_step() is not None:
         state, old = restore_state(mngr, state, tc, cfg)
         wall_before = float(old.get("wall_s", 0.0))
@@ -389,6 +390,9 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
                     K=cfg.K, start_step=start,
                     variant=None if tc.variant == "instruct" else tc.variant, pool_size=tc.pool_size,
                     workers=tc.workers, anonymous=tc.names == "nonce")
+
+    meta["data_fingerprint"] = loader.fingerprint()
+    check_data(meta["data_fingerprint"], old, start)
 
     # ==== Loop ====
     log = open(workdir / "metrics.jsonl", "a")
@@ -441,6 +445,30 @@ def export(workdir: Path, graphdef, state, tc: TrainConfig, cfg: ModelConfig, wa
             "wall_s": wall, "command": "iimagen train " + " ".join(_argv_of(tc))}
     if jax.process_index() == 0:
         ckpt_lib.save_model(Path(workdir) / "export", model, meta, dtype=tc.export_dtype)
+
+
+class DataChangedWarning(UserWarning):
+    """A resumed run gets other batches than the run that wrote its checkpoint."""
+
+
+def check_data(fingerprint: str, old_meta: dict | None, step: int):
+    """Warn when a resumed run's data differ from those its checkpoint was trained on (`Loader.fingerprint`): the
+    kit's data changed since the run began (a newer version), or --seed / --names / --pool-size differ. Training
+    goes on from the checkpoint, on the new data; resume with the version and options that began the run to keep
+    the old batches."""
+    import warnings
+
+    if old_meta is None:
+        return
+    was = old_meta.get("data_fingerprint")
+    if was == fingerprint:
+        return
+    why = ("its checkpoint predates data fingerprints, so the batches may differ" if was is None else
+           f"data fingerprint {fingerprint} differs from the checkpoint's {was}")
+    warnings.warn(f"resuming at step {step}: {why}. The kit's data changed since the run began, or --seed / --names "
+                  f"/ --pool-size differ from its first command; training continues on the new data. To keep the "
+                  f"run's batches, resume with the kit version and options that began it.", DataChangedWarning,
+                  stacklevel=2)
 
 
 def drop_lost_records(workdir, step: int) -> int:

@@ -173,3 +173,12 @@ def test_stage1_loader_uses_nonce_names_unless_asked_for_world_names():
         return sum(bool(set(re.findall(r"[a-z]+", t)) & set(W.SUBJECT_NAMES)) for t in texts)
 
     assert names_shown(True) == 0 and names_shown(False) > 5
+
+
+def test_fingerprint_tells_data_apart():
+    """Loader.fingerprint: the same for the same data, other for another seed, naming or variant."""
+    fp = lambda **kw: Loader(**{"stage": 2, "batch_size": 4, "resolution": 32, "workers": 0, **kw}).fingerprint()
+    assert fp() == fp()
+    assert len({fp(), fp(seed=1), fp(anonymous=False), fp(variant="no_instruction")}) == 4
+    pool = dict(stage=1, pool_size=64)
+    assert fp(**pool) == fp(**pool) != fp(**pool, anonymous=False)

@@ -112,6 +112,38 @@ def test_wrong_config_checkpoint_is_a_clear_error(chain):
                           batch_size=8), progress=False)
 
 
+def test_resume_on_other_data_warns_and_goes_on(chain, tmp_path, monkeypatch):
+    """A resumed run whose data differ from its checkpoint's (here: a kit whose examples changed since the run began;
+    test_data.py shows the fingerprint telling real data apart) says so and trains on; resuming again on the same
+    data is silent."""
+    import shutil
+    import warnings
+
+    from iimagen.data import Loader
+    from iimagen.train import DataChangedWarning
+
+    root, _ = chain
+    work = tmp_path / "s0"
+    shutil.copytree(root / "s0", work)
+    kit = Loader.fingerprint
+    monkeypatch.setattr(Loader, "fingerprint", lambda self, n=4: "new" + kit(self, n)[3:])
+    args = dict(stage=0, workdir=str(work), override=MICRO + ",input_skip=false", batch_size=8, workers=0)
+    with pytest.warns(DataChangedWarning, match="resuming at step 6: data fingerprint new.* differs"):
+        assert train(TrainConfig(**args, steps=7), progress=False)["steps"] == 7
+    # the checkpoint it wrote carries the new fingerprint: the next resume is silent
+    import orbax.checkpoint as ocp
+
+    from iimagen.train import check_data, read_meta
+
+    meta = read_meta(ocp.CheckpointManager(work / "checkpoints"), 7)
+    assert meta["data_fingerprint"].startswith("new")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataChangedWarning)
+        check_data(meta["data_fingerprint"], meta, 7)
+    with pytest.warns(DataChangedWarning, match="predates data fingerprints"):
+        check_data(meta["data_fingerprint"], {"wall_s": 1.0}, 7)
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     args = ["--stage", "0", "--override", MICRO, "--steps", "10", "--batch-size", "8", "--log-every", "1",
             "--ckpt-every", "4"]
