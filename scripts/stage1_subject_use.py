@@ -2,7 +2,8 @@
 
     python scripts/stage1_subject_use.py CKPT [CKPT ...] [--n 64]
 
-For each exported checkpoint it prints one JSON line: the context gain (`evaluate.context_use`: 1 - loss with the
+CKPT: an exported checkpoint, or a training workdir (its export, or the EMA of its latest checkpoint while it
+trains). For each it prints one JSON line: the context gain (`evaluate.context_use`: 1 - loss with the
 true context / with another example's, t in [0.5, 1]) on stage-1 examples of a held-out pool (seed 99: new images,
 training subjects), with nonce names as stage-1 training now uses them:
 - `retrieval, subject in a neighbour`: the target shows a subject that one of its neighbours shows too (reading
@@ -40,14 +41,14 @@ def stage1_examples(n: int, resolution: int, seed: int = 99, pool_size: int = 10
 
 def main(argv=None):
     from iimagen import evaluate as E
-    from iimagen.checkpoint import load_model
+    from iimagen.train import load_any
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--n", type=int, default=64)
     a = ap.parse_args(argv)
     for path in a.checkpoints:
-        model, tok, _ = load_model(path)
+        model, tok, _ = load_any(path)
         R = model.cfg.resolution
         use = E.context_use(model, tok, examples=stage1_examples(a.n, R))
         for split in ("train", "test"):
