@@ -8,13 +8,15 @@ slots, UNet with text and context cross-attention), the v-prediction loss, Adafa
 `FlaxUNet2DConditionModel` (0.39.x) at about the kit model's forward FLOPs (found by benchmarks/sampling.py's
 search), trained with the same loss and optimizer (plain text conditioning: it has no context branch). FLOPs are XLA's own count of the compiled step; utilisation is
 against the device's measured matmul peak (bf16 on an accelerator, float32 on CPU). Batches are random arrays of the
-right shapes, so the input pipeline is not measured here (see benchmarks/data.py). One JSON line per case.
+right shapes, so the input pipeline is not measured here (see benchmarks/data.py). One JSON line per case, with the
+seconds XLA took to compile the step (`compile_s`).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -53,14 +55,16 @@ def kit_case(config, batch, dtype):
              "step": jnp.zeros((), jnp.int32)}
     step = jax.jit(T.make_train_step(graphdef, tx, tc, len(TASK_NAMES)))
     b = T.shard_batch(mesh, fake_batch(cfg, batch))
+    t = time.perf_counter()
     step = step.lower(state, b).compile()  # timed as compiled here: calling the jit again would compile it twice
-    log(f"kit step compiled ({config}, batch {batch})")
+    compile_s = time.perf_counter() - t
+    log(f"kit step compiled ({config}, batch {batch}) in {compile_s:.0f} s")
     flops = xla_flops(step)
     s = timeit(lambda st: step(st, b)[1]["loss"], state)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     return {"model": f"iimagen {config}", "params_M": n_params / 1e6, "fwd_gflops_per_image": None,
             "step_s": s, "images_per_s": batch / s, "tflops": flops / s / 1e12, "step_gflops": flops / 1e9,
-            "_fwd": flops_per_image(cfg) if callable(flops_per_image) else None, "_cfg": cfg}
+            "compile_s": compile_s, "_fwd": flops_per_image(cfg) if callable(flops_per_image) else None, "_cfg": cfg}
 
 
 def peer_case(cfg, batch, dtype, target_fwd_flops):
@@ -93,14 +97,16 @@ def peer_case(cfg, batch, dtype, target_fwd_flops):
 
     state = (params, tx.init(params))
     key = jax.random.key(0)
+    t = time.perf_counter()
     jstep = jax.jit(step).lower(state, key).compile()
-    log("peer step compiled")
+    compile_s = time.perf_counter() - t
+    log(f"peer step compiled in {compile_s:.0f} s")
     flops = xla_flops(jstep)
     s = timeit(lambda st: jstep(st, key)[1], state)
     n_params = sum(p.size for p in jax.tree.leaves(params))
     return {"model": f"diffusers FlaxUNet2DConditionModel {variant}", "params_M": n_params / 1e6,
             "fwd_gflops_per_image": fwd / 1e9, "step_s": s, "images_per_s": batch / s, "tflops": flops / s / 1e12,
-            "step_gflops": flops / 1e9}
+            "step_gflops": flops / 1e9, "compile_s": compile_s}
 
 
 def main(argv=None):
