@@ -129,18 +129,12 @@ class Loader:
         return T.realize(spec, self.R, with_truth=with_truth)
 
     def fingerprint(self, n: int = 4) -> str:
-        """A digest of the first `n` examples of step 0 as the model sees them (target, payload tokens, context images
-        and tokens). Equal data give equal digests; a resumed run compares it with its checkpoint's, so a change of
+        """A digest of the first `n` examples of step 0 as the model sees them (the arrays `batch` gives: target,
+        tokens, context images, tokens and mask, task ids). Equal data give equal digests; a resumed run compares it with its checkpoint's, so a change of
         the kit's data (or of --seed, --names, --pool-size) since the run began does not pass unseen."""
         h = hashlib.sha256()
-        for j in range(min(n, self.batch_size)):
-            ex = self.example(0, j, with_truth=False)
-            text = self._text(ex)
-            h.update(np.ascontiguousarray(ex.target).tobytes())
-            h.update(self.encode([text or ""], self.text_len).tobytes() if text is not None else b"<dropped>")
-            for c in ex.instruction.contexts:
-                h.update(np.ascontiguousarray(c.image).tobytes())
-                h.update(self.encode([c.text], self.ctx_text_len).tobytes())
+        for k, v in sorted(self._batch_u8(0, range(min(n, self.batch_size))).items()):  # global indices: every host
+            h.update(k.encode() + np.ascontiguousarray(v).tobytes())                    # gets the same digest
         return h.hexdigest()[:16]
 
     def _text(self, ex: T.Example) -> str | None:
@@ -168,11 +162,14 @@ class Loader:
         task_id. Same arrays as `instruction.batch_instructions` plus `image` and `task_id`."""
         return self._to_float(self._batch_u8(step))
 
-    def _batch_u8(self, step: int) -> dict[str, np.ndarray]:
-        """`batch(step)` with its two images still uint8 (what a worker process sends)."""
+    def _batch_u8(self, step: int, examples=None) -> dict[str, np.ndarray]:
+        """`batch(step)` with its two images still uint8 (what a worker process sends); `examples`: the global
+        indices to build (default: this host's slice)."""
         from .instruction import _resize
 
-        exs = [self.example(step, self.offset + j, with_truth=False) for j in range(self.local)]
+        if examples is None:
+            examples = range(self.offset, self.offset + self.local)
+        exs = [self.example(step, j, with_truth=False) for j in examples]
         B, K, R = len(exs), self.K, self.R
         ctx_u8 = np.zeros((B, K, R, R, 3), np.uint8)
         ctx_ids = np.zeros((B, K, self.ctx_text_len), np.int32)
