@@ -83,7 +83,7 @@ def peer(cfg, target_flops):
     best = None
     for s2d in (1, 2):
         for layers in sorted({cfg.blocks_per_level, 1}, reverse=True):
-            for c in (32, 64, 96, 128, 160, 192, 256, 320):  # widths in multiples of 32 (GroupNorm(32))
+            for c in peer_widths(cfg):
                 size, chans = cfg.resolution // s2d, 3 * s2d * s2d
                 unet = FlaxUNet2DConditionModel(sample_size=size, in_channels=chans, out_channels=chans,
                                                 down_block_types=downs, up_block_types=ups,
@@ -105,9 +105,16 @@ def peer(cfg, target_flops):
                                pixel_unshuffle=s2d, sample_size=size, in_channels=chans)
                 if best is None or abs(flops / target_flops - 1) < abs(best[1] / target_flops - 1):
                     best = (variant, flops, unet, params)
-                if flops > 1.3 * target_flops:
+                if flops > target_flops:  # FLOPs grow with the width: the next ones are only further away
                     break
     return best
+
+
+def peer_widths(cfg, widths=(32, 64, 96, 128, 160, 192, 256, 320)):
+    """The peer's base widths: multiples of 32 (its GroupNorm has 32 groups) whose lowest-level width is a whole number
+    of the kit's heads (`head_dim` each). Without the second rule `small` (head_dim 64, widths x3 at the lowest
+    level) tried 160 -> 480 channels in 7 heads, and diffusers failed to reshape 476 channels into 480."""
+    return tuple(c for c in widths if c * cfg.channel_mult[-1] % cfg.head_dim == 0)
 
 
 def main(argv=None):

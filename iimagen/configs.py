@@ -9,7 +9,7 @@ every level starts with a stride-2 down-sampling, then holds `blocks_per_level` 
 sits only at the levels named in `attn_levels` (the lowest one, as in Table 5). See `iimagen/model/unet.py`.
 
 The figures in each docstring come from `print_param_table(get_config(name))` (parameters: exact; FLOPs: XLA's
-cost analysis of one forward pass per image, on CPU with jax 0.10.2).
+cost analysis of the lowered program of one forward pass per image, jax 0.10.2).
 """
 from __future__ import annotations
 
@@ -134,7 +134,8 @@ def tiny() -> ModelConfig:
     Full-resolution input skip on (`input_skip`: the kit's fix for the per-pixel noise the paper's layout cannot see
     at 32 px; on the same stage-1 batches it brought the loss from 0.154 to 0.129 by step 200).
     Parameters: 1.92 M (text encoder 0.86 M, context branch 0.08 M = 4.4 %, input skip 1 k).
-    FLOPs per image (forward, XLA cost analysis): 0.212 GFLOP per denoise step with context, 0.174 without.
+    FLOPs per image (forward, XLA's count of the lowered program): 0.212 GFLOP per denoise step with context, 0.174
+    without; 0.578 GFLOP per training forward (text + 3 context images + denoise).
     Memory: ~31 MB for parameters + Adam + EMA (fp32).
     Forward+backward at batch 8 with 3 contexts: ~0.5 s on the 2-core CPU after compile (measured under load).
     """
@@ -148,8 +149,8 @@ def small() -> ModelConfig:
 
     Layout: 64 -> 32 (128 ch) -> 16 (256 ch) -> 8 (384 ch), 3 blocks per level, attention at 16x16 and 8x8
     (context tokens: 8x8 = 64 per image); text encoder 256 wide, 4 layers.
-    Parameters: 63.8 M (context branch 6.1 M = 9.6 %). FLOPs per image (forward, XLA's count of the lowered program): 19.6 GFLOP per denoise step with context,
-    39.1 GFLOP per training forward (text + 3 context images + denoise).
+    Parameters: 63.8 M (context branch 6.1 M = 9.6 %). FLOPs per image (forward, XLA's count of the lowered program): 19.7 GFLOP per denoise step with context,
+    39.2 GFLOP per training forward (text + 3 context images + denoise).
     Memory: ~1.0 GB for parameters + Adam + EMA (fp32), plus activations.
     Full-resolution input skip on, as in `tiny` (16.5 k parameters, 0.13 GFLOP): its first level down-samples too.
     """
@@ -164,8 +165,8 @@ def base() -> ModelConfig:
     Layout: 128 -> 64 (128 ch) -> 32 (256 ch) -> 16 (512 ch), 8 blocks per level (DBlock-1..3 / UBlock-3..1),
     text and context attention only at 16x16 (256 tokens per context image); text encoder 512 wide, 6 layers.
     Parameters: 226.8 M (context branch 17.9 M = 7.9 %; the paper: 2.51 B -> 2.76 B, ~10 %).
-    FLOPs per image (forward, XLA's count of the lowered program): 202.6 GFLOP per denoise step with context,
-    406.6 GFLOP per training forward (text + 3 context images + denoise).
+    FLOPs per image (forward, XLA's count of the lowered program): 203.2 GFLOP per denoise step with context,
+    407.1 GFLOP per training forward (text + 3 context images + denoise).
     Memory: ~3.6 GB for parameters + Adam + EMA (fp32), plus activations: an accelerator with more than 16 GB.
     Full-resolution input skip on, as in `tiny` (16.5 k parameters, 0.54 GFLOP): its first level down-samples too.
     """
@@ -200,7 +201,7 @@ def print_param_table(cfg: ModelConfig | str, flops: bool = True) -> dict:
     for k, v in table.items():
         print(f"  {k:<26s} {v / 1e6:9.3f} M")
     out = {"params": table}
-    if flops:  # XLA cost analysis of the compiled forward (compiles on the host: slow for `base` on a CPU)
+    if flops:  # XLA's cost analysis of the lowered forward: nothing is compiled, so `base` is a few seconds too
         fl = {"denoise (with context)": flops_per_image(cfg, with_context=True, what="denoise"),
               "denoise (text-to-image)": flops_per_image(cfg, with_context=False, what="denoise"),
               "call (with K contexts)": flops_per_image(cfg, with_context=True)}

@@ -388,9 +388,11 @@ def param_table(cfg: ModelConfig) -> dict:
     return groups
 
 
-def xla_flops(compiled) -> float:
-    """FLOPs of a compiled computation from XLA's own cost analysis (a dict, or a list of dicts on older jax)."""
-    ca = compiled.cost_analysis()
+def xla_flops(program) -> float:
+    """FLOPs from XLA's own cost analysis of a lowered or a compiled computation (a dict, or a list of dicts on older
+    jax). The lowered program's count needs no backend compile (an accelerator would autotune every kernel first) and
+    is within 0.2 % of the compiled one's (`tiny`'s training forward: 0.5781 against 0.5788 GFLOP)."""
+    ca = program.cost_analysis()
     if isinstance(ca, (list, tuple)):
         ca = ca[0] if ca else {}
     return float((ca or {}).get("flops", float("nan")))
@@ -405,7 +407,8 @@ def _abstract_inputs(cfg, B=1):
 
 
 def flops_breakdown(cfg: ModelConfig) -> dict:
-    """Forward FLOPs per image from XLA's cost analysis (batch 1, nothing is allocated):
+    """Forward FLOPs per image from XLA's cost analysis of the lowered programs (batch 1, nothing is allocated or
+    compiled):
     `denoise` (one step with context), `denoise_t2i` (one step without), `encode_context` (K images, once per
     sample), `call` (text + context encoding + denoise: one training forward)."""
     cfg = get_config(cfg) if isinstance(cfg, str) else cfg
@@ -415,7 +418,7 @@ def flops_breakdown(cfg: ModelConfig) -> dict:
     m = lambda s: nnx.merge(gd, s)
 
     def low(f, *args):
-        return xla_flops(jax.jit(f).lower(st, *args).compile())
+        return xla_flops(jax.jit(f).lower(st, *args))  # counted on the lowered program: nothing is compiled
 
     ctx_abs = jax.eval_shape(lambda s, ci, cid, cm: m(s).encode_context(ci, cid, cm), st, a["ci"], a["cid"], a["cm"])
     txt_abs = jax.eval_shape(lambda s, ids: m(s).encode_text(ids), st, a["ids"])
@@ -452,7 +455,7 @@ def flops_per_image(cfg: ModelConfig, with_context: bool = True, what: str = "ca
             f, args = (lambda s, x, t, tx, c: m(s).denoise(x, t, tx, c)), (a["x"], a["t"], txt, ctx)
         else:
             f, args = (lambda s, x, t, tx: m(s).denoise(x, t, tx)), (a["x"], a["t"], txt)
-    return xla_flops(jax.jit(f).lower(st, *args).compile())
+    return xla_flops(jax.jit(f).lower(st, *args))  # the lowered program's count: instant, even for `base`
 
 
 def trace_shapes(model: InstructImagen, batch: dict, t=None) -> list:
