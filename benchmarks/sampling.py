@@ -26,6 +26,7 @@ from iimagen import diffusion as D
 from iimagen.checkpoint import random_model
 from iimagen.configs import get_config
 from iimagen.model import flops_per_image
+from iimagen.model.unet import xla_flops
 
 
 def make_batch(cfg, B, n_ctx, seed=0):
@@ -97,10 +98,8 @@ def peer(cfg, target_flops):
                                                           jnp.ones((1,), jnp.int32), jnp.zeros(txt.shape)))
                 # XLA's count on the lowered program: within 0.1 % of the compiled one's, and no backend compile
                 # (an accelerator autotunes every candidate's kernels, minutes over the search)
-                ca = jax.jit(lambda p, x, t, e: unet.apply(p, x, t, e).sample).lower(
-                    params, x, jax.ShapeDtypeStruct((1,), jnp.int32), txt).cost_analysis()
-                ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-                flops = float(ca["flops"])
+                flops = xla_flops(jax.jit(lambda p, x, t, e: unet.apply(p, x, t, e).sample).lower(
+                    params, x, jax.ShapeDtypeStruct((1,), jnp.int32), txt))
                 variant = dict(block_out_channels=[c * m for m in cfg.channel_mult], layers_per_block=layers,
                                pixel_unshuffle=s2d, sample_size=size, in_channels=chans)
                 if best is None or abs(flops / target_flops - 1) < abs(best[1] / target_flops - 1):

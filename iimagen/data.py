@@ -130,8 +130,9 @@ class Loader:
 
     def fingerprint(self, n: int = 4) -> str:
         """A digest of the first `n` examples of step 0 as the model sees them (the arrays `batch` gives: target,
-        tokens, context images, tokens and mask, task ids). Equal data give equal digests; a resumed run compares it with its checkpoint's, so a change of
-        the kit's data (or of --seed, --names, --pool-size) since the run began does not pass unseen."""
+        tokens, context images, tokens and mask, task ids). Equal data give equal digests; a resumed run compares it
+        with its checkpoint's, so a change of the kit's data (or of --seed, --names, --pool-size) since the run began
+        does not pass unseen."""
         h = hashlib.sha256()
         for k, v in sorted(self._batch_u8(0, range(min(n, self.batch_size))).items()):  # global indices: every host
             h.update(k.encode() + np.ascontiguousarray(v).tobytes())                    # gets the same digest
