@@ -132,10 +132,12 @@ class Loader:
         """A digest of the first `n` examples of step 0 as the model sees them (the arrays `batch` gives: target,
         tokens, context images, tokens and mask, task ids). Equal data give equal digests; a resumed run compares it
         with its checkpoint's, so a change of the kit's data (or of --seed, --names, --pool-size) since the run began
-        does not pass unseen."""
+        does not pass unseen. A stage-2 mixture other than Table 1's (`--mixture`) is part of the digest."""
         h = hashlib.sha256()
         for k, v in sorted(self._batch_u8(0, range(min(n, self.batch_size))).items()):  # global indices: every host
             h.update(k.encode() + np.ascontiguousarray(v).tobytes())                    # gets the same digest
+        if self.stage == 2 and not self.single and self.mixture != T.check_mixture(None):
+            h.update(repr(sorted(self.mixture.items())).encode())  # other weights may leave the first examples alike
         return h.hexdigest()[:16]
 
     def _text(self, ex: T.Example) -> str | None:

@@ -9,6 +9,8 @@
 Baselines come from the same entry point (`--variant`):
 - `no_instruction`: the multi-task model trained on raw inputs without instruction text (paper Table 3, "Multi-task").
 - `single_task=<task>`: one model per task.
+- `--mixture subject=0.8,edge_to_image=0`: Table 1's stage-2 weights with some changed (then renormalised), for
+  ablations of the mixture's shares.
 - Stage 2 with `--init` pointing at a stage-0 run gives "without stage 1" (paper Table 4).
 
 Everything the paper fixes is the default:
@@ -51,6 +53,7 @@ from iimagen import checkpoint as ckpt_lib
 from iimagen import diffusion
 from iimagen.configs import ModelConfig, get_config
 from iimagen.model import GROWABLE, InstructImagen, grow
+from iimagen.tasks import STAGE2_MIXTURE
 
 
 class TrainError(ValueError):
@@ -75,6 +78,7 @@ class TrainConfig:
     workdir: str = "runs/tiny-stage0"
     init: str | None = None            # workdir or exported checkpoint to start from (stage 1 and 2)
     variant: str = "instruct"          # instruct | no_instruction | single_task=<task>
+    mixture: str = ""                  # stage 2: "subject=0.8,edge_to_image=0" changes Table 1's weights (renormalised)
     names: str = "nonce"               # stages 1-2: "nonce" subject names per example, or the "world"'s own names
     steps: int | None = None           # None: STAGE_DEFAULTS[stage]
     batch_size: int = 64               # global batch, split over devices and hosts
@@ -110,7 +114,37 @@ class TrainConfig:
             raise TrainError(f"--optimizer {out.optimizer!r}: use adafactor or adamw")
         if out.stage == 0 and out.variant != "instruct":
             raise TrainError("--variant applies to stage 2; stage 0 is plain text-to-image")
+        if out.mixture:
+            if out.stage != 2:
+                raise TrainError(f"--mixture applies to stage 2 (the instruction-tuning mixture); drop it for stage "
+                                 f"{out.stage}")
+            if out.variant.startswith("single_task="):
+                raise TrainError(f"--mixture and --variant {out.variant} conflict: a single-task run has no mixture; "
+                                 f"use one of them")
+            mixture_weights(out.mixture)  # a bad name or weight fails here, before any compile
         return out
+
+
+def mixture_weights(text: str) -> dict | None:
+    """"subject=0.8,edge_to_image=0" -> Table 1's stage-2 mixture (`tasks.STAGE2_MIXTURE`) with those sources'
+    weights changed, renormalised to sum 1 ("" -> None: Table 1 as it is). A weight of 0 drops a source."""
+    if not text:
+        return None
+    weights = dict(STAGE2_MIXTURE)
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq or name not in STAGE2_MIXTURE:
+            raise TrainError(f"--mixture {item!r}: write SOURCE=WEIGHT with a source of Table 1 "
+                             f"({', '.join(STAGE2_MIXTURE)}), e.g. subject=0.8")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise TrainError(f"--mixture {item!r}: the weight must be a number, e.g. {name}=0.5") from None
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise TrainError(f"--mixture {text!r}: weights must be >= 0 and leave some source above 0")
+    total = sum(weights.values())
+    return {k: w / total for k, w in weights.items() if w > 0}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -388,7 +422,8 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     # ==== Data: deterministic in (seed, step), this host's shard ====
     loader = Loader(stage=tc.stage, batch_size=tc.batch_size // n_proc, resolution=cfg.resolution, seed=tc.seed,
                     K=cfg.K, start_step=start,
-                    variant=None if tc.variant == "instruct" else tc.variant, pool_size=tc.pool_size,
+                    variant=None if tc.variant == "instruct" else tc.variant, mixture=mixture_weights(tc.mixture),
+                    pool_size=tc.pool_size,
                     workers=tc.workers, anonymous=tc.names == "nonce")
 
     meta["data_fingerprint"] = loader.fingerprint()

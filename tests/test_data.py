@@ -180,5 +180,7 @@ def test_fingerprint_tells_data_apart():
     fp = lambda **kw: Loader(**{"stage": 2, "batch_size": 4, "resolution": 32, "workers": 0, **kw}).fingerprint()
     assert fp() == fp()
     assert len({fp(), fp(seed=1), fp(anonymous=False), fp(variant="no_instruction")}) == 4
+    # another mixture, even one whose first examples come out alike, is other data; Table 1 spelt out is not
+    assert fp(mixture={**T.STAGE2_MIXTURE, "subject": 0.41}) != fp() == fp(mixture=dict(T.STAGE2_MIXTURE))
     pool = dict(stage=1, pool_size=64)
     assert fp(**pool) == fp(**pool) != fp(**pool, anonymous=False)

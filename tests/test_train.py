@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from iimagen.train import TrainConfig, TrainError, parse_overrides, read_metrics, train
+from iimagen.train import TrainConfig, TrainError, mixture_weights, parse_overrides, read_metrics, train
 
 # A model small enough that a CPU step takes milliseconds: the loop, not the model, is under test here.
 MICRO = "channels=16,channel_mult=1:2,blocks_per_level=1,text_width=32,text_layers=1,head_dim=16,norm_groups=8"
@@ -30,6 +30,30 @@ def test_overrides_parse():
         "channels": 16, "channel_mult": (1, 2), "use_context": False, "dropout": 0.1}
     with pytest.raises(TrainError, match="FIELD=VALUE"):
         parse_overrides("channels")
+
+
+def test_mixture_option_changes_table_1_weights():
+    from iimagen.data import Loader
+    from iimagen.tasks import STAGE2_MIXTURE, task_id
+
+    assert mixture_weights("") is None
+    m = mixture_weights("subject=2.4, edge_to_image=0")  # subject 2.4 of 2.94: the rest keep Table 1's ratios
+    assert "edge_to_image" not in m and abs(sum(m.values()) - 1) < 1e-12
+    assert abs(m["subject"] - 2.4 / 2.94) < 1e-12 and abs(m["depth_to_image"] / m["mask_to_image"] - 1) < 1e-12
+    assert abs(m["text_to_image"] / m["artwork"] - STAGE2_MIXTURE["text_to_image"] / STAGE2_MIXTURE["artwork"]) < 1e-9
+    for bad, msg in (("subjekt=1", "source of Table 1"), ("subject", "SOURCE=WEIGHT"), ("subject=lots", "number"),
+                     ("subject=-1", ">= 0"), (",".join(f"{k}=0" for k in STAGE2_MIXTURE), "above 0")):
+        with pytest.raises(TrainError, match=msg):
+            TrainConfig(stage=2, mixture=bad).resolved()
+    with pytest.raises(TrainError, match="applies to stage 2"):
+        TrainConfig(stage=1, mixture="subject=1").resolved()
+    with pytest.raises(TrainError, match="conflict"):
+        TrainConfig(stage=2, variant="single_task=subject", mixture="subject=1").resolved()
+    # the loader draws from it: only subjects and depth maps here
+    L = Loader(2, 32, 32, seed=0, workers=0, mixture=mixture_weights(",".join(
+        f"{k}={int(k in ('subject', 'depth_to_image'))}" for k in STAGE2_MIXTURE)))
+    ids = set(L.batch(0)["task_id"].tolist())
+    assert ids == {task_id("subject"), task_id("depth_to_image")}
 
 
 def test_stage_errors(tmp_path):
