@@ -1,6 +1,6 @@
 """Does a model read a subject from its stage-1 neighbours? (README, "Stage 1 and subjects".)
 
-    python scripts/stage1_subject_use.py CKPT [CKPT ...] [--n 64]
+    python scripts/stage1_subject_use.py CKPT [CKPT ...] [--n 64] [--also edge_to_image depth_to_image ...]
 
 CKPT: an exported checkpoint, or a training workdir (its export, or the EMA of its latest checkpoint while it
 trains). For each it prints one JSON line: the context gain (`evaluate.context_use`: 1 - loss with the
@@ -11,6 +11,8 @@ training subjects), with nonce names as stage-1 training now uses them:
 - `retrieval, no subject`: targets without a subject (plain and styled scenes);
 then the stage-2 `subject` task (nonce names; training and held-out subjects), `subject_probe`'s subject-weighted
 token accuracy, and `context_alignment`'s attention mass on the reference's subject (even attention: about 0.076).
+`--also`: the context gain of other stage-2 tasks too (held-out split, nonce names), e.g. whether a model that learnt
+subjects still reads its control maps.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--also", nargs="*", default=(), metavar="TASK", help="other stage-2 tasks to measure")
     a = ap.parse_args(argv)
     for path in a.checkpoints:
         model, tok, _ = load_any(path)
@@ -54,6 +57,8 @@ def main(argv=None):
         for split in ("train", "test"):
             use[f"subject, {split}"] = E.context_use(model, tok, ("subject",), n=a.n, split=split,
                                                      anonymous=True)["subject"]
+        if a.also:
+            use.update(E.context_use(model, tok, tuple(a.also), n=a.n, anonymous=True))
         probe = E.subject_probe(model, tok)
         align = E.context_alignment(model, tok, tasks=("subject",))["subject"]
         mass = [round(v["subject"], 3) for v in align.values()]
