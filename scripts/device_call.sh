@@ -9,7 +9,9 @@
 # ATTACH (default empty) goes to train_shipped.sh: ATTACH="ctx_patch=true,ctx_content_attn=true" trains the chain with
 # the content-reading parts (README, "Content reading"; on a CPU the content attention changed nothing in 2,180 mixture
 # steps, while the `subject` task alone began to read subjects: README, "Stage 1 and subjects"). Either way stage 1 trains on the current stage-1 data (nonce
-# subject names, neighbours found with the foreground block: README, "Stage 1 and subjects"). CALL_S (default 585) is when everything must be packed,
+# subject names, neighbours found with the foreground block: README, "Stage 1 and subjects"). SUBJECT_FIRST=S (seconds,
+# default 0) goes to train_shipped.sh too: the mixture trained S s from the subject specialist after the side-by-side
+# runs (README, "Subjects first, then the mixture"; e.g. SUBJECT_FIRST=60 BENCH_S=0). CALL_S (default 585) is when everything must be packed,
 # counted from the start. The shipped chain came from the
 # training half of this script (run first, then the benchmark, which ran out of time), i.e.
 #   STAGE0=data/checkpoints/stage0-tiny SINGLE="..." TAR_TO=/tmp/tars DEADLINE=$((T0+440)) MARGIN=90 \
@@ -32,7 +34,7 @@ if [ $(( T0 + CALL_S - $(date +%s) )) -lt 330 ]; then
 fi
 mkdir -p /tmp/tars /tmp/runs
 DL=$((T0 + CALL_S - 150))
-echo "ATTACH=\"${ATTACH:-}\" STAGE0=data/checkpoints/stage0-tiny SINGLE=\"$SINGLES\" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90" \
+echo "ATTACH=\"${ATTACH:-}\" SUBJECT_FIRST=${SUBJECT_FIRST:-0} STAGE0=data/checkpoints/stage0-tiny SINGLE=\"$SINGLES\" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90" \
   "scripts/train_shipped.sh /tmp/runs 1.7" > /tmp/runs/invocation.txt
 STAGE0=data/checkpoints/stage0-tiny SINGLE="$SINGLES" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90 \
   timeout $((T0 + CALL_S - 20 - $(date +%s))) bash scripts/train_shipped.sh /tmp/runs 1.7 > "$OUT/device.log" 2>&1
@@ -42,7 +44,8 @@ echo "training done at $(( $(date +%s) - T0 )) s" | tee -a "$OUT/device.log"
 cp /tmp/runs/runs.log /tmp/runs/invocation.txt /tmp/tars/ 2>/dev/null
 cd /tmp/tars || exit 1
 ls single_*.tgz 2>/dev/null | sort > /tmp/singles.txt
-tar cf "$OUT/a.tar" stage1.tgz stage2.tgz multitask.tgz no_stage1.tgz invocation.txt runs.log
+tar cf "$OUT/a.tar" stage1.tgz stage2.tgz multitask.tgz no_stage1.tgz $(ls stage2_subject_first.tgz 2>/dev/null) \
+  invocation.txt runs.log
 tar cf "$OUT/b.tar" $(head -n 4 /tmp/singles.txt) runs.log
 tar cf "$OUT/c.tar" $(tail -n +5 /tmp/singles.txt) runs.log
 ls -la "$OUT" | tee -a "$OUT/device.log"

@@ -13,6 +13,9 @@
 # cache below) and export.
 # ATTACH="ctx_patch=true,ctx_content_attn=true" (empty by default) is the --override of the two runs that attach the
 # context branch (stage1, no_stage1): the content-reading parts (README, "Content reading"); the later runs inherit them.
+# SUBJECT_FIRST=S (seconds; default 0, off): the curriculum of README "Subjects first, then the mixture". After the
+# side-by-side runs, stage2_subject_first trains the Table-1 mixture for S seconds from single_subject (so `subject`
+# must be in SINGLE); the side-by-side runs end S + 60 s earlier to leave it room. It is not shipped by ship_runs.py.
 # STAGE0=DIR starts stage 1 and no_stage1 from that stage-0 export (e.g. the shipped data/checkpoints/stage0-tiny)
 # instead of training stage 0. Compiled programs go to a persistent cache (scripts/run_lib.sh).
 # TAR_TO=DIR packs each run's export, metrics and log into DIR/NAME.tgz as soon as it ends (scripts/run_lib.sh), so a
@@ -41,7 +44,10 @@ run stage1 --stage 1 --batch-size "$BATCH" --init "$S0" --steps 100000 --time-bu
 # Stage 2 and the baselines, side by side on the one accelerator (each takes a share of memory and data workers).
 N_SIDE=$((3 + $(echo ${SINGLE:-} | wc -w)))
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$($PY -c "print(round(0.95 / $N_SIDE, 3))")  # 0.317 for the three
-B2=$(deadline_cap "$(budget 120)")
+SF=${SUBJECT_FIRST:-0}
+if [ "$SF" -gt 0 ] && [[ " ${SINGLE:-} " != *" subject "* ]]; then
+  echo "SUBJECT_FIRST needs subject in SINGLE (it starts from single_subject)" >&2; exit 2; fi
+B2=$(MARGIN=$(( ${MARGIN:-150} + (SF > 0 ? SF + 60 : 0) )) deadline_cap "$(budget 120)")
 COMMON+=(--batch-size "$BATCH" --steps 100000 --time-budget "$B2")
 # Data workers (the host has 16 cores): stage2, multitask, no_stage1, each single-task run.
 if [ "$N_SIDE" -gt 5 ]; then W=(4 3 3 1); else W=(8 4 4 2); fi
@@ -52,4 +58,6 @@ for task in ${SINGLE:-}; do
   run "single_$task" --stage 2 --variant "single_task=$task" --init "$OUT/stage1" --workers "${W[3]}" &
 done
 wait
+# Subjects first: the mixture from the subject specialist (one run, the whole machine).
+[ "$SF" -eq 0 ] || run stage2_subject_first --stage 2 --init "$OUT/single_subject" --workers 8 --time-budget "$SF"
 echo "== done" | tee -a "$OUT/runs.log"
