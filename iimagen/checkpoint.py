@@ -130,12 +130,21 @@ def save_model(directory, model, meta: dict | None = None, *, tokenizer=None, dt
     return directory
 
 
+def export_of(directory) -> Path:
+    """An exported-model folder as given, or a training workdir's `export/` (so `runs/s2` means `runs/s2/export`)."""
+    directory = Path(directory)
+    if not (directory / "config.json").exists() and (directory / "export" / "config.json").exists():
+        return directory / "export"
+    return directory
+
+
 def read_config(directory):
     """(ModelConfig, meta, params_dtype) from `directory/config.json`, with clear errors."""
     from .configs import ModelConfig
 
-    directory = Path(directory)
-    fix = "export one with `iimagen.checkpoint.save_model(dir, model, meta)` (or `iimagen train ... --export DIR`)"
+    directory = export_of(directory)
+    fix = ("give a run's WORKDIR/export (written when `iimagen train` ends), or export one with "
+           "`iimagen.checkpoint.save_model(dir, model, meta)`")
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder {directory} does not exist; {fix}")
     for name in ("config.json", "tokenizer.json", "params"):
@@ -157,7 +166,7 @@ def load_model(directory):
 
     from .tokenizer import load_tokenizer
 
-    directory = Path(directory).absolute()
+    directory = export_of(directory).absolute()
     cfg, meta, _ = read_config(directory)
     stored = _unnest(ocp.StandardCheckpointer().restore(directory / "params"))
     # Built abstractly (no random init: that costs seconds of compilation), then every parameter is filled in.

@@ -909,7 +909,10 @@ NAMES = {"instruct-imagen": "Instruct-Imagen", "multitask": "Multi-task (no inst
 
 
 def display_name(folder) -> str:
-    name = Path(folder).name
+    """A table column's name: the kit's names for the shipped kinds, else the folder's name (a run's, for
+    `RUN/export` or a workdir)."""
+    p = Path(folder)
+    name = p.parent.name if p.name == "export" else p.name
     for k in sorted(NAMES, key=len, reverse=True):
         if name.startswith(k):
             return NAMES[k]
@@ -1016,11 +1019,12 @@ def cli_eval(argv=None) -> int:
     """`iimagen eval --checkpoint DIR [--baselines DIR ...] --out DIR [--n 16] [--sampler ddim --steps 50]`: writes
     OUT/table.md, OUT/scores.json and OUT/fig4.png. Baselines whose meta says variant='single_task=<task>' form one
     "Single-task" column (each on its own task); 'no_instruction' models see `no_instruction_text`."""
+    from .checkpoint import export_of
     from .pipeline import Generator
 
     p = argparse.ArgumentParser(prog="iimagen eval", description=cli_eval.__doc__.split(":")[0])
-    p.add_argument("--checkpoint", required=True, help="exported Instruct-Imagen folder")
-    p.add_argument("--baselines", nargs="*", default=[], help="more exported folders (multi-task, w/o stage 1, ...)")
+    p.add_argument("--checkpoint", required=True, help="exported Instruct-Imagen folder (or a run's workdir)")
+    p.add_argument("--baselines", nargs="*", default=[], help="more exported folders or workdirs (multi-task, w/o stage 1, ...)")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=16, help="examples per task")
     p.add_argument("--sampler", default="ddim")
@@ -1039,15 +1043,18 @@ def cli_eval(argv=None) -> int:
         for t in tasks:
             if t not in IN_DOMAIN + ZERO_SHOT:
                 raise EvalError(f"--tasks {t!r}: use some of {', '.join(IN_DOMAIN + ZERO_SHOT)}")
-        models = {}
+        models, given = {}, set()
         for d in [a.checkpoint] + list(a.baselines):
+            if export_of(d).resolve() in given:
+                raise EvalError(f"{d} is given twice; give each checkpoint once")
+            given.add(export_of(d).resolve())
             gen = Generator.load(d)
             v = model_variant(gen)
             if v.startswith("single_task="):  # grouped into one "Single-task" column, as the paper's Table 4
                 models.setdefault("Single-task", {})[v.split("=", 1)[1]] = gen
                 continue
             name = display_name(d)
-            models[name if name not in models else Path(d).name] = gen
+            models[name if name not in models else str(d)] = gen  # two runs of one kind: their paths tell them apart
         from .pipeline import parse_guidance
 
         res = evaluate_models(models, tasks, a.n, a.seed, sampler=a.sampler, steps=a.steps,

@@ -158,6 +158,36 @@ def test_cli_eval_writes_table_and_groups_single_task(tmp_path, monkeypatch):
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o2"), "--tasks", "bogus"]) == 2
 
 
+def test_cli_eval_names_runs_by_their_folder_and_never_merges_two_models(tmp_path, monkeypatch):
+    from iimagen import pipeline
+    from iimagen.configs import get_config
+
+    class Fake:
+        def __init__(self, d):
+            self.cfg, self.meta, self.dir = get_config("tiny"), {"variant": "instruct"}, d
+
+    class Stop(Exception):
+        pass
+
+    models = {}
+
+    def capture(m, *a, **kw):  # the models the CLI would score, without sampling
+        models.update(m)
+        raise Stop
+
+    monkeypatch.setattr(pipeline.Generator, "load", classmethod(lambda cls, d: Fake(d)))
+    monkeypatch.setattr(E, "evaluate_models", capture)
+    assert E.display_name(tmp_path / "curriculum" / "export") == "curriculum"
+    assert E.display_name("runs/instruct-imagen-x/export") == E.NAMES["instruct-imagen"]
+    two = [str(tmp_path / "instruct-imagen-a"), str(tmp_path / "instruct-imagen-b" / "export")]
+    with pytest.raises(Stop):
+        E.cli_eval(["--checkpoint", two[0], "--baselines", two[1], "--out", str(tmp_path / "o"), "--n", "1",
+                    "--tasks", "text_to_image"])
+    assert [g.dir for g in models.values()] == two  # both kept: the second under its path
+    assert E.cli_eval(["--checkpoint", two[0], "--baselines", two[0], "--out", str(tmp_path / "o"),
+                       "--tasks", "text_to_image"]) == 2  # the same checkpoint twice
+
+
 def test_cli_eval_context_use_measures_each_model_on_its_tasks(tmp_path, monkeypatch):
     """`iimagen eval --context-use`: one context_use call per model, on the tasks with a context (never
     text-to-image); a single-task model only on its own task, with at least CONTEXT_USE_MIN_N examples and the

@@ -83,6 +83,8 @@ def chain(tmp_path_factory):
 
 
 def test_stages_chain_and_export(chain):
+    from flax import nnx
+
     from iimagen.checkpoint import load_model
 
     root, out = chain
@@ -95,6 +97,9 @@ def test_stages_chain_and_export(chain):
         assert meta["stage"] == stage and meta["steps"] == out[stage]["steps"]
     # stage 2 logs a loss per task of the mixture
     assert len(read_metrics(root / "s2")[-1]["task_loss"]) >= 2
+    # a finished run's workdir stands for its export wherever a checkpoint is asked for (iimagen sample / eval)
+    a, b = load_model(root / "s2")[0], load_model(root / "s2" / "export")[0]
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))))
 
 
 def test_latest_checkpoint_ema_equals_the_export(chain, tmp_path):
