@@ -1045,9 +1045,10 @@ def cli_eval(argv=None) -> int:
                 raise EvalError(f"--tasks {t!r}: use some of {', '.join(IN_DOMAIN + ZERO_SHOT)}")
         models, given = {}, set()
         for d in [a.checkpoint] + list(a.baselines):
-            if export_of(d).resolve() in given:
+            folder = export_of(d).resolve()
+            if folder in given:
                 raise EvalError(f"{d} is given twice; give each checkpoint once")
-            given.add(export_of(d).resolve())
+            given.add(folder)
             gen = Generator.load(d)
             v = model_variant(gen)
             if v.startswith("single_task="):  # grouped into one "Single-task" column, as the paper's Table 4

@@ -53,7 +53,7 @@ from iimagen import checkpoint as ckpt_lib
 from iimagen import diffusion
 from iimagen.configs import ModelConfig, get_config
 from iimagen.model import GROWABLE, InstructImagen, grow
-from iimagen.tasks import STAGE2_MIXTURE
+from iimagen.tasks import STAGE2_MIXTURE, check_mixture
 
 
 class TrainError(ValueError):
@@ -143,8 +143,7 @@ def mixture_weights(text: str) -> dict | None:
             raise TrainError(f"--mixture {item!r}: the weight must be a number, e.g. {name}=0.5") from None
     if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise TrainError(f"--mixture {text!r}: weights must be >= 0 and leave some source above 0")
-    total = sum(weights.values())
-    return {k: w / total for k, w in weights.items() if w > 0}
+    return check_mixture({k: w for k, w in weights.items() if w > 0})  # renormalised as the loader's own check does
 
 
 # ----------------------------------------------------------------------------------------------------------------
