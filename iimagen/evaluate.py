@@ -1030,6 +1030,10 @@ def cli_eval(argv=None) -> int:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", default="paper", help="'paper' (w=25, oscillating), 'none', or a scale w")
+    p.add_argument("--context-guidance", type=float, default=None,
+                   help="separate context scale w_c (3 branches: v_u + w (v_t - v_u) + w_c (v_c - v_t))")
+    p.add_argument("--oscillate", action=argparse.BooleanOptionalAction, default=None,
+                   help="guidance on every other step (default: on for 'paper', off for a number)")
     p.add_argument("--clip", default="dynamic", help="x0 thresholding while sampling: dynamic (Imagen), static, none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", nargs="*", default=None, help="default: all in-domain and zero-shot tasks")
@@ -1037,6 +1041,9 @@ def cli_eval(argv=None) -> int:
                    help="also measure each model's loss with the true / another example's / no context (context_use)")
     a = p.parse_args(argv)
     try:
+        from .pipeline import parse_guidance
+
+        guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate)  # a bad value fails before any load
         if a.n < 1:
             raise EvalError(f"--n {a.n}: give at least 1 example per task")
         tasks = a.tasks or list(IN_DOMAIN + ZERO_SHOT)
@@ -1056,10 +1063,8 @@ def cli_eval(argv=None) -> int:
                 continue
             name = display_name(d)
             models[name if name not in models else str(d)] = gen  # two runs of one kind: their paths tell them apart
-        from .pipeline import parse_guidance
-
-        res = evaluate_models(models, tasks, a.n, a.seed, sampler=a.sampler, steps=a.steps,
-                              guidance=parse_guidance(a.guidance), clip=a.clip)
+        res = evaluate_models(models, tasks, a.n, a.seed, sampler=a.sampler, steps=a.steps, guidance=guidance,
+                              clip=a.clip)
         use = {}
         if a.context_use:
             with_ctx = [t for t in tasks if t != "text_to_image"]
@@ -1077,7 +1082,8 @@ def cli_eval(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table_markdown(res) + (context_use_markdown(use) if use else ""))
     (out / "scores.json").write_text(json.dumps({"results": res, "context_use": use, "n": a.n, "sampler": a.sampler, "steps": a.steps,
-                                                 "guidance": a.guidance, "clip": a.clip, "seed": a.seed, "judges": load_judges()["report"]}, indent=1))
+                                                 "guidance": a.guidance, "context_guidance": a.context_guidance,
+                                                 "oscillate": guidance.oscillate, "clip": a.clip, "seed": a.seed, "judges": load_judges()["report"]}, indent=1))
     plot_fig4(res, out / "fig4.png")
     print(json.dumps({"out": str(out), "models": list(res), "tasks": len(tasks)}))
     return 0

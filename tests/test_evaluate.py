@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from iimagen import evaluate as E
+from iimagen.diffusion import Guidance
 from iimagen import tasks as T
 from iimagen import world as W
 
@@ -137,8 +138,11 @@ def test_cli_eval_writes_table_and_groups_single_task(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(pipeline.Generator, "load", classmethod(lambda cls, d: Fake(metas[d.split("/")[-1]])))
 
+    guided = []
+
     def fake_generate(gen, exs, **kw):
         seen.append((gen.meta["variant"], exs[0].task))
+        guided.append(kw["guidance"])
         return [np.full((32, 32, 3), 128, np.uint8) for _ in exs]
 
     monkeypatch.setattr(E, "generate", fake_generate)
@@ -156,6 +160,15 @@ def test_cli_eval_writes_table_and_groups_single_task(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "fig4.png").stat().st_size > 1000
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o2"), "--n", "0"]) == 2
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o2"), "--tasks", "bogus"]) == 2
+    assert guided and all(g == Guidance.paper() for g in guided)
+    # a separate context scale: three branches, text w = 1, context w_c = 7, on every step; recorded with the scores
+    guided.clear()
+    assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o3"), "--n", "1", "--tasks", "subject",
+                       "--guidance", "1", "--context-guidance", "7"]) == 0
+    assert guided == [Guidance.separate(1.0, 7.0)] and guided[0].n_branches == 3
+    meta = json.loads((tmp_path / "o3" / "scores.json").read_text())
+    assert (meta["guidance"], meta["context_guidance"], meta["oscillate"]) == ("1", 7.0, False)
+    assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o4"), "--context-guidance", "-1"]) == 2
 
 
 def test_cli_eval_names_runs_by_their_folder_and_never_merges_two_models(tmp_path, monkeypatch):
