@@ -325,6 +325,23 @@ def make_train_step(graphdef, tx, tc: TrainConfig, n_tasks: int):
     return train_step
 
 
+def init_state(params, tx, mesh: Mesh, fsdp: bool) -> dict:
+    """The train state {params, ema, opt, step}, every leaf placed on the mesh: replicated, or fsdp-split
+    (`param_sharding`); the EMA starts as a copy of the parameters."""
+    shard = lambda x: jax.device_put(x, param_sharding(mesh, x, fsdp))  # noqa: E731
+    params = jax.tree.map(shard, params)
+    return {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt": jax.tree.map(shard, jax.jit(tx.init)(params)),
+            "step": shard(jnp.zeros((), jnp.int32))}
+
+
+def jit_train_step(train_step, state: dict, mesh: Mesh, donate: bool = True):
+    """`train_step` under jit with the state's layout pinned: each output leaf is placed as its input was, so every
+    step runs the first step's program. Left to XLA's sharding propagation, some small leaves that fsdp replicates came
+    back split over the data axis, and the compiled step refused its own output at step 2. Metrics are replicated."""
+    layout = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(train_step, out_shardings=(layout, NamedSharding(mesh, P())), donate_argnums=(0,) if donate else ())
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints: the whole train state as numbered leaves (nothing pickled), checked against the model on restore
 # ----------------------------------------------------------------------------------------------------------------
@@ -395,11 +412,7 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     cfg = model.cfg
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(tc)
-    shard = lambda x: jax.device_put(x, param_sharding(mesh, x, tc.fsdp))
-    params = jax.tree.map(shard, params)
-    state = {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt": jax.jit(tx.init)(params),
-             "step": jnp.zeros((), jnp.int32)}
-    state["opt"] = jax.tree.map(shard, state["opt"])
+    state = init_state(params, tx, mesh, tc.fsdp)
 
     mngr = ocp.CheckpointManager(workdir / "checkpoints",
                                  options=ocp.CheckpointManagerOptions(max_to_keep=tc.keep, create=True))
@@ -413,7 +426,7 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
 
     # Compile before the data workers start: on a GPU host they would otherwise take the CPU cores XLA compiles on
     # (measured on an H200 host: a 44 s compile stretched past a 70 s time budget). The time budget starts after.
-    train_step = jax.jit(make_train_step(graphdef, tx, tc, len(TASK_NAMES)), donate_argnums=(0,))
+    train_step = jit_train_step(make_train_step(graphdef, tx, tc, len(TASK_NAMES)), state, mesh)
     t_compile = time.time()
     train_step = train_step.lower(state, abstract_batch(mesh, cfg, tc.batch_size)).compile()
     t_compile = time.time() - t_compile

@@ -218,7 +218,8 @@ def test_resume_drops_records_logged_after_the_checkpoint(tmp_path):
 
 
 def test_eight_devices_give_the_losses_of_one(tmp_path):
-    """Same global batch, same losses: on 8 simulated CPU devices (data-parallel and fsdp) and on one."""
+    """Same global batch, same losses: on 8 simulated CPU devices (data-parallel and fsdp) and on one, each step
+    compiled once; and `train()` itself with --fsdp on 8 devices."""
     code = textwrap.dedent(f"""
         import json, jax, numpy as np
         from jax.sharding import Mesh
@@ -226,7 +227,6 @@ def test_eight_devices_give_the_losses_of_one(tmp_path):
         from iimagen.data import Loader
         from iimagen.tasks import TASK_NAMES
         from flax import nnx
-        import jax.numpy as jnp
         assert jax.device_count() == 8
         tc = T.TrainConfig(stage=0, override="{MICRO}", steps=3, batch_size=8).resolved()
         batches = [b for _, b in zip(range(3), Loader(stage=0, batch_size=8, resolution=32, seed=0, K=3, workers=0))]
@@ -237,16 +237,18 @@ def test_eight_devices_give_the_losses_of_one(tmp_path):
             model = T.build_model(tc)
             graphdef, params = nnx.split(model, nnx.Param)
             tx = T.make_optimizer(tc)
-            shard = lambda x: jax.device_put(x, T.param_sharding(mesh, x, fsdp))
-            params = jax.tree.map(shard, params)
-            state = {{"params": params, "ema": params, "opt": jax.tree.map(shard, tx.init(params)),
-                      "step": jnp.zeros((), jnp.int32)}}
-            step = jax.jit(T.make_train_step(graphdef, tx, tc, len(TASK_NAMES)))
+            state = T.init_state(params, tx, mesh, fsdp)
+            step = T.jit_train_step(T.make_train_step(graphdef, tx, tc, len(TASK_NAMES)), state, mesh)
             losses = []
             for (s, b) in batches:
                 state, m = step(state, T.shard_batch(mesh, b))
                 losses.append(float(m["loss"]))
             out[name] = losses
+            out[name + "_compiles"] = step._cache_size()
+        # the CLI's loop itself (compiled ahead, donated state) with fsdp on all 8 devices
+        T.train(T.TrainConfig(stage=0, override="{MICRO}", steps=3, batch_size=8, workers=0, fsdp=True, log_every=1,
+                              workdir="{tmp_path / 'fsdp'}"), progress=False)
+        out["train_fsdp8"] = [r["loss"] for r in T.read_metrics("{tmp_path / 'fsdp'}")]
         print(json.dumps(out))
     """)
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -254,6 +256,8 @@ def test_eight_devices_give_the_losses_of_one(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [out[k + "_compiles"] for k in ("one", "dp8", "fsdp8")] == [1, 1, 1]
     np.testing.assert_allclose(out["dp8"], out["one"], rtol=2e-5)
     np.testing.assert_allclose(out["fsdp8"], out["one"], rtol=2e-5)
+    np.testing.assert_allclose(out["train_fsdp8"], out["one"], rtol=2e-5)  # every step ran, on the same batches
     assert out["one"][0] != out["one"][-1]  # the model trained: losses moved
