@@ -541,11 +541,19 @@ def load_judges(folder=None) -> dict:
     return out
 
 
+SUBJECT_TOP = 5  # `subject_top5`: a subject counts as shown when the judge ranks it among its 5 likeliest of 60
+
+
 def judge_subjects(X: np.ndarray, names: list[str], judges: dict) -> dict:
+    """SC from the least likely of the reference subjects; `ranks`: each subject's rank among the judge's 60 (1 = the
+    likeliest), which chance puts at 30.5 on average and in the top 5 one time in 12, whatever the image looks like.
+    (Random noise passes the probability threshold for 0.2 of subjects: the rank tells which subject an image shows.)"""
     p = _predict(judges["subject"], X[None])[0]
     probs = [float(p[W.SUBJECT_NAMES.index(n)]) for n in names]
+    order = list(np.argsort(-p))
     v = min(probs)
-    return {"sc": grade(v, *THRESHOLDS["prob"]), "value": v, "probs": probs}
+    return {"sc": grade(v, *THRESHOLDS["prob"]), "value": v, "probs": probs,
+            "ranks": [order.index(W.SUBJECT_NAMES.index(n)) + 1 for n in names]}
 
 
 def judge_style(X: np.ndarray, style: str, judges: dict) -> dict:
@@ -610,7 +618,7 @@ def score_image(ex: T.Example, img: np.ndarray, judges: dict | None = None, X: n
     pq = judge_realism(X, judges)
     if float(img.std()) < BLANK_STD:  # a blank (collapsed) output: PQ 0, exactly
         pq = {"pq": 0.0, "value": 0.0}
-    keep = ("sc", "value", "iou")
+    keep = ("sc", "value", "iou", "ranks")
     return {"task": ex.task, "conditions": {k: (None if r is None else {q: r[q] for q in keep if q in r})
                                             for k, r in per.items()},
             "sc": min(judged) if judged else None, "pq": pq["pq"], "realism": pq["value"]}
@@ -656,6 +664,9 @@ def score_examples(examples: list, images: list, judges: dict | None = None) -> 
                                                 if p["conditions"].get(c) is not None] or [np.nan])) for c in conds},
                "values": {c: float(np.mean([p["conditions"][c]["value"] for p in per
                                             if p["conditions"].get(c) is not None] or [np.nan])) for c in conds}}
+    ranks = [r for p in per if p["conditions"].get("subject") for r in p["conditions"]["subject"]["ranks"]]
+    if ranks:  # chance: SUBJECT_TOP / 60
+        summary["subject_top5"] = float(np.mean(np.asarray(ranks) <= SUBJECT_TOP))
     return {"summary": summary, "examples": per}
 
 
@@ -980,6 +991,14 @@ def table_markdown(results: dict) -> str:
     for t in [t for t in IN_DOMAIN + ZERO_SHOT if any(t in results[m] for m in models)]:
         lines.append(f"| {t} | " + " | ".join("-" if not results[m].get(t) else f"{results[m][t]['kid']:.1f}"
                                               for m in models) + " |")
+    ranked = [t for t in IN_DOMAIN + ZERO_SHOT if any("subject_top5" in (results[m].get(t) or {}) for m in models)]
+    if ranked:
+        lines += ["", f"Subject identity: the reference subject among the subject judge's {SUBJECT_TOP} likeliest of "
+                  f"60 (`subject_top5`; chance {SUBJECT_TOP / 60:.2f}, whatever an image looks like):", "",
+                  "| task | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        for t in ranked:
+            lines.append(f"| {t} | " + " | ".join(f"{results[m][t]['subject_top5']:.2f}" if "subject_top5" in
+                                                  (results[m].get(t) or {}) else "-" for m in models) + " |")
     return "\n".join(lines) + "\n"
 
 

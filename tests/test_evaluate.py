@@ -84,6 +84,25 @@ def test_scores_anchor_ground_truth_high_noise_and_wrong_low(judges):
     assert gt["kid"] < noise["kid"]
 
 
+def test_subject_rank_tells_the_shown_subject_where_the_probability_passes_noise(judges):
+    """`subject_top5`: the reference subject among the judge's 5 likeliest of 60 (chance 1/12). Noise passes the
+    subject probability threshold for many subjects at once; it is at chance by rank. Another example's scene shows
+    another subject (pairs with the same subject left out)."""
+    ex = T.sample("subject", 48, 3, 32, split="test")
+    rng = np.random.default_rng(0)
+    gt = E.score_examples(ex, [e.target for e in ex], judges)["summary"]
+    noise = E.score_examples(ex, [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in ex], judges)["summary"]
+    pairs = [(e, o) for e, o in zip(ex, ex[1:] + ex[:1]) if set(e.truth["subjects"]).isdisjoint(o.truth["subjects"])]
+    wrong = E.score_examples([e for e, _ in pairs], [o.target for _, o in pairs], judges)["summary"]
+    assert gt["subject_top5"] >= 0.95 and gt["conditions"]["subject"] >= 0.9
+    assert noise["conditions"]["subject"] >= 0.05  # what SC alone credits noise with
+    assert noise["subject_top5"] <= 0.2 and wrong["subject_top5"] <= 0.2
+    r = E.judge_subjects(E.judge_features(ex[0].target)[0], ex[0].truth["subjects"], judges)
+    assert len(r["ranks"]) == len(ex[0].truth["subjects"]) and all(1 <= k <= 60 for k in r["ranks"])
+    depth = T.sample("depth_to_image", 2, 0, 32, split="test")  # no subject to rank: no figure
+    assert "subject_top5" not in E.score_examples(depth, [e.target for e in depth], judges)["summary"]
+
+
 def test_sc_is_least_satisfied_and_o_formula(judges, monkeypatch):
     ex = T.sample("edge_to_image", 1, 0, 32, split="test")[0]
     monkeypatch.setattr(E, "judge_objects", lambda img, tr: {"sc": 0.5, "value": 0.5})
@@ -168,6 +187,9 @@ def test_cli_eval_writes_table_and_groups_single_task(tmp_path, monkeypatch):
     assert guided == [Guidance.separate(1.0, 7.0)] and guided[0].n_branches == 3
     meta = json.loads((tmp_path / "o3" / "scores.json").read_text())
     assert (meta["guidance"], meta["context_guidance"], meta["oscillate"]) == ("1", 7.0, False)
+    assert meta["results"][E.GROUND_TRUTH]["subject"]["subject_top5"] == 1.0
+    assert "Subject identity" in (tmp_path / "o3" / "table.md").read_text()
+    assert "Subject identity" not in table  # no subject task was scored there
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o4"), "--context-guidance", "-1"]) == 2
 
 
