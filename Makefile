@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-# After .venv's install (order-only): two editable installs of one source tree must not run at once under -j.
+# After .venv's install (order-only): two editable installs of one source tree must not run at once under -j2.
 $(COLAB_VENV)/.installed: pyproject.toml | $(VENV)/.installed
 	test -x $(COLAB_VENV)/bin/python || $(PYTHON) -m venv $(COLAB_VENV)
 	$(COLAB_VENV)/bin/pip install -q -U pip
@@ -29,10 +29,10 @@ $(COLAB_VENV)/.installed: pyproject.toml | $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/iimagen demo
 
-# The three suites run at once (each is mostly one core's XLA compiles: two at a time left a core idle while the
-# last one ran alone); each suite's output is printed whole when it ends.
+# The three suites run two at a time (each is mostly one core's XLA compiles); each suite's output is printed whole
+# when it ends.
 test:
-	$(MAKE) -j3 --output-sync=target unit unit-colab notebooks
+	$(MAKE) -j2 --output-sync=target unit unit-colab notebooks
 
 unit: $(VENV)/.installed
 	IIMAGEN_PROFILE=ci XLA_FLAGS="$(TEST_XLA_FLAGS)" $(VENV)/bin/python -m pytest tests
