@@ -547,13 +547,13 @@ SUBJECT_TOP = 5  # `subject_top5`: a subject counts as shown when the judge rank
 def judge_subjects(X: np.ndarray, names: list[str], judges: dict) -> dict:
     """SC from the least likely of the reference subjects; `ranks`: each subject's rank among the judge's 60 (1 = the
     likeliest), which chance puts at 30.5 on average and in the top 5 one time in 12, whatever the image looks like.
-    (Random noise passes the probability threshold for 0.2 of subjects: the rank tells which subject an image shows.)"""
+    (Random noise passes the probability threshold often, subject SC 0.2-0.3: the rank tells which subject is shown.)"""
     p = _predict(judges["subject"], X[None])[0]
-    probs = [float(p[W.SUBJECT_NAMES.index(n)]) for n in names]
-    order = list(np.argsort(-p))
+    idx = [W.SUBJECT_NAMES.index(n) for n in names]
+    probs = [float(p[i]) for i in idx]
     v = min(probs)
     return {"sc": grade(v, *THRESHOLDS["prob"]), "value": v, "probs": probs,
-            "ranks": [order.index(W.SUBJECT_NAMES.index(n)) + 1 for n in names]}
+            "ranks": [int((p > p[i]).sum()) + 1 for i in idx]}
 
 
 def judge_style(X: np.ndarray, style: str, judges: dict) -> dict:
@@ -1100,9 +1100,10 @@ def cli_eval(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table_markdown(res) + (context_use_markdown(use) if use else ""))
-    (out / "scores.json").write_text(json.dumps({"results": res, "context_use": use, "n": a.n, "sampler": a.sampler, "steps": a.steps,
-                                                 "guidance": a.guidance, "context_guidance": a.context_guidance,
-                                                 "oscillate": guidance.oscillate, "clip": a.clip, "seed": a.seed, "judges": load_judges()["report"]}, indent=1))
+    (out / "scores.json").write_text(json.dumps({
+        "results": res, "context_use": use, "n": a.n, "sampler": a.sampler, "steps": a.steps, "guidance": a.guidance,
+        "context_guidance": a.context_guidance, "oscillate": guidance.oscillate, "clip": a.clip, "seed": a.seed,
+        "judges": load_judges()["report"]}, indent=1))
     plot_fig4(res, out / "fig4.png")
     print(json.dumps({"out": str(out), "models": list(res), "tasks": len(tasks)}))
     return 0

@@ -330,8 +330,8 @@ def init_state(params, tx, mesh: Mesh, fsdp: bool) -> dict:
     (`param_sharding`); the EMA starts as a copy of the parameters."""
     shard = lambda x: jax.device_put(x, param_sharding(mesh, x, fsdp))  # noqa: E731
     params = jax.tree.map(shard, params)
-    return {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt": jax.tree.map(shard, jax.jit(tx.init)(params)),
-            "step": shard(jnp.zeros((), jnp.int32))}
+    return {"params": params, "ema": jax.tree.map(jnp.copy, params),
+            "opt": jax.tree.map(shard, jax.jit(tx.init)(params)), "step": shard(jnp.zeros((), jnp.int32))}
 
 
 def jit_train_step(train_step, state: dict, mesh: Mesh, donate: bool = True):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from iimagen import evaluate as E
-from iimagen.diffusion import Guidance
 from iimagen import tasks as T
 from iimagen import world as W
+from iimagen.diffusion import Guidance
 
 
 @pytest.fixture(scope="module")
