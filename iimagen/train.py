@@ -86,6 +86,7 @@ class TrainConfig:
     warmup: int | None = None
     optimizer: str = "adafactor"       # adafactor (paper) | adamw
     clip: float = 1.0                  # global gradient-norm clip
+    ctx_lr_scale: float = 1.0          # the context branch's updates x this (kit's addition; paper: 1, one LR)
     ema: float = 0.999                 # paper: 0.9999 over 500k steps; short runs need a shorter memory
     dtype: str | None = None           # compute dtype override: float32 | bfloat16
     seed: int = 0
@@ -112,6 +113,9 @@ class TrainConfig:
                              f"references unnamed) or world (the subjects' and styles' own names)")
         if out.optimizer not in ("adafactor", "adamw"):
             raise TrainError(f"--optimizer {out.optimizer!r}: use adafactor or adamw")
+        if not out.ctx_lr_scale > 0:
+            raise TrainError(f"--ctx-lr-scale {out.ctx_lr_scale}: give a positive multiple of --lr (1: one learning "
+                             f"rate for every weight, as the paper)")
         if out.stage == 0 and out.variant != "instruct":
             raise TrainError("--variant applies to stage 2; stage 0 is plain text-to-image")
         if out.mixture:
@@ -253,7 +257,18 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
         opt = optax.adafactor(sched, momentum=0.9, multiply_by_parameter_scale=False)
     else:
         opt = optax.adamw(sched, b1=0.9, b2=0.999, weight_decay=0.0)
-    return optax.chain(optax.clip_by_global_norm(tc.clip), opt)
+    parts = [optax.clip_by_global_norm(tc.clip), opt]
+    if tc.ctx_lr_scale != 1.0:
+        # The context branch (every weight named ctx_*: the context cross-attentions, slot and position codes) starts
+        # at identity and, in a short run, barely leaves it; its updates can be scaled apart from the backbone's.
+        parts.append(optax.masked(optax.scale(tc.ctx_lr_scale), context_branch_mask))
+    return optax.chain(*parts)
+
+
+def context_branch_mask(params):
+    """True for the context branch's weights (any path through a `ctx_*` attribute), False for the backbone's."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(str(getattr(k, "key", "")).startswith("ctx_") for k in path), params)
 
 
 # ----------------------------------------------------------------------------------------------------------------

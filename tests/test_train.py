@@ -56,6 +56,33 @@ def test_mixture_option_changes_table_1_weights():
     assert ids == {task_id("subject"), task_id("depth_to_image")}
 
 
+def test_ctx_lr_scale_scales_the_context_branch_updates_only():
+    from flax import nnx
+
+    from iimagen.configs import get_config
+    from iimagen.model import InstructImagen
+    from iimagen.train import context_branch_mask, make_optimizer
+
+    params = nnx.split(InstructImagen(get_config("tiny", **parse_overrides(MICRO)), nnx.Rngs(0)), nnx.Param)[1]
+    mask = jax.tree.leaves(context_branch_mask(params))
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    assert {n for n, m in zip(names, mask) if m} == {n for n in names if "ctx_" in n} and 0 < sum(mask) < len(mask)
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(x.size), x.shape) * 1e-3, params)
+
+    def second_update(**kw):
+        tc = TrainConfig(stage=2, warmup=1, **kw).resolved()
+        tx = make_optimizer(tc)
+        _, opt_state = tx.update(grads, tx.init(params), params)  # step 0 of the warm-up has LR 0
+        return jax.tree.leaves(tx.update(grads, opt_state, params)[0])
+
+    plain, scaled = second_update(), second_update(ctx_lr_scale=10.0)
+    for m, a, b in zip(mask, plain, scaled):
+        np.testing.assert_allclose(b, a * (10.0 if m else 1.0), rtol=1e-5, atol=1e-12)
+    assert any(np.abs(a).max() > 0 for m, a in zip(mask, plain) if m)
+    with pytest.raises(TrainError, match="--ctx-lr-scale 0.0"):
+        TrainConfig(ctx_lr_scale=0.0).resolved()
+
+
 def test_stage_errors(tmp_path):
     with pytest.raises(TrainError, match="--init"):
         train(TrainConfig(stage=1, workdir=str(tmp_path / "a"), override=MICRO, steps=1), progress=False)
