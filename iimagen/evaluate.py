@@ -1037,7 +1037,8 @@ def plot_fig4(results: dict, path=None):
 def cli_eval(argv=None) -> int:
     """`iimagen eval --checkpoint DIR [--baselines DIR ...] --out DIR [--n 16] [--sampler ddim --steps 50]`: writes
     OUT/table.md, OUT/scores.json and OUT/fig4.png. Baselines whose meta says variant='single_task=<task>' form one
-    "Single-task" column (each on its own task); 'no_instruction' models see `no_instruction_text`."""
+    "Single-task" column (each on its own task; a second model of a task gets a column "Single-task (RUN)");
+    'no_instruction' models see `no_instruction_text`."""
     from .checkpoint import export_of
     from .pipeline import Generator
 
@@ -1077,10 +1078,16 @@ def cli_eval(argv=None) -> int:
             given.add(folder)
             gen = Generator.load(d)
             v = model_variant(gen)
-            if v.startswith("single_task="):  # grouped into one "Single-task" column, as the paper's Table 4
-                models.setdefault("Single-task", {})[v.split("=", 1)[1]] = gen
-                continue
             name = display_name(d)
+            if v.startswith("single_task="):  # grouped into one "Single-task" column, as the paper's Table 4
+                task = v.split("=", 1)[1]
+                col = "Single-task"  # a second model of a task filled there (two runs to compare) gets its own column
+                for alt in (f"Single-task ({name})", f"Single-task ({d})"):
+                    if task not in models.get(col, {}):
+                        break
+                    col = alt
+                models.setdefault(col, {})[task] = gen
+                continue
             models[name if name not in models else str(d)] = gen  # two runs of one kind: their paths tell them apart
         res = evaluate_models(models, tasks, a.n, a.seed, sampler=a.sampler, steps=a.steps, guidance=guidance,
                               clip=a.clip)

@@ -11,7 +11,8 @@
 # steps, while the `subject` task alone began to read subjects: README, "Stage 1 and subjects"). Either way stage 1 trains on the current stage-1 data (nonce
 # subject names, neighbours found with the foreground block: README, "Stage 1 and subjects"). SUBJECT_FIRST=S (seconds,
 # default 0) goes to train_shipped.sh too: the mixture trained S s from the subject specialist after the side-by-side
-# runs (README, "Subjects first, then the mixture"; e.g. SUBJECT_FIRST=60 BENCH_S=0). CALL_S (default 585) is when everything must be packed,
+# runs (README, "Subjects first, then the mixture"; e.g. SUBJECT_FIRST=60 BENCH_S=0). CTX_LR=X (default 1) goes there
+# too: every run after stage 0 scales its context branch's updates by X (README, "A faster context branch"). CALL_S (default 585) is when everything must be packed,
 # counted from the start. The shipped chain came from the
 # training half of this script (run first, then the benchmark, which ran out of time), i.e.
 #   STAGE0=data/checkpoints/stage0-tiny SINGLE="..." TAR_TO=/tmp/tars DEADLINE=$((T0+440)) MARGIN=90 \
@@ -34,7 +35,7 @@ if [ $(( T0 + CALL_S - $(date +%s) )) -lt 330 ]; then
 fi
 mkdir -p /tmp/tars /tmp/runs
 DL=$((T0 + CALL_S - 150))
-echo "ATTACH=\"${ATTACH:-}\" SUBJECT_FIRST=${SUBJECT_FIRST:-0} STAGE0=data/checkpoints/stage0-tiny SINGLE=\"$SINGLES\" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90" \
+echo "CTX_LR=${CTX_LR:-1} ATTACH=\"${ATTACH:-}\" SUBJECT_FIRST=${SUBJECT_FIRST:-0} STAGE0=data/checkpoints/stage0-tiny SINGLE=\"$SINGLES\" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90" \
   "scripts/train_shipped.sh /tmp/runs 1.7" > /tmp/runs/invocation.txt
 STAGE0=data/checkpoints/stage0-tiny SINGLE="$SINGLES" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90 \
   timeout $((T0 + CALL_S - 20 - $(date +%s))) bash scripts/train_shipped.sh /tmp/runs 1.7 > "$OUT/device.log" 2>&1

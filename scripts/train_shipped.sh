@@ -16,6 +16,8 @@
 # SUBJECT_FIRST=S (seconds; default 0, off): the curriculum of README "Subjects first, then the mixture". After the
 # side-by-side runs, stage2_subject_first trains the Table-1 mixture for S seconds from single_subject (so `subject`
 # must be in SINGLE); the side-by-side runs end S + 60 s earlier to leave it room. It is not shipped by ship_runs.py.
+# CTX_LR=X (default 1) gives every run after stage 0 `--ctx-lr-scale X`: the context branch's updates X times the
+# backbone's (README, "A faster context branch").
 # STAGE0=DIR starts stage 1 and no_stage1 from that stage-0 export (e.g. the shipped data/checkpoints/stage0-tiny)
 # instead of training stage 0. Compiled programs go to a persistent cache (scripts/run_lib.sh).
 # TAR_TO=DIR packs each run's export, metrics and log into DIR/NAME.tgz as soon as it ends (scripts/run_lib.sh), so a
@@ -38,6 +40,7 @@ S0=${STAGE0:-$OUT/stage0}
 [ -n "${STAGE0:-}" ] || run stage0 --stage 0 --batch-size "${BATCH0:-$BATCH}" --steps 100000 --lr 1e-3 \
   --time-budget "$(budget 150)" || exit 1
 # Stage 1: retrieval-augmented training from stage 0.
+[ "${CTX_LR:-1}" = 1 ] || COMMON+=(--ctx-lr-scale "$CTX_LR")
 ATT=(); [ -z "${ATTACH:-}" ] || ATT=(--override "$ATTACH")
 run stage1 --stage 1 --batch-size "$BATCH" --init "$S0" --steps 100000 --time-budget "$(budget 60)" \
   --pool-size 8192 "${ATT[@]}" || exit 1

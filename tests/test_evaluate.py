@@ -235,7 +235,7 @@ def test_cli_eval_context_use_measures_each_model_on_its_tasks(tmp_path, monkeyp
             self.cfg, self.meta, self.model, self.tokenizer = get_config("tiny"), {"variant": variant}, variant, None
 
     metas = {"instruct-imagen-tiny": "instruct", "multitask-tiny": "no_instruction",
-             "single-edge": "single_task=edge_to_image"}
+             "single-edge": "single_task=edge_to_image", "edge-run-2": "single_task=edge_to_image"}
     monkeypatch.setattr(pipeline.Generator, "load", classmethod(lambda cls, d: Fake(metas[d.split("/")[-1]])))
     monkeypatch.setattr(E, "generate", lambda gen, exs, **kw: [np.full((32, 32, 3), 128, np.uint8) for _ in exs])
     calls = []
@@ -252,9 +252,14 @@ def test_cli_eval_context_use_measures_each_model_on_its_tasks(tmp_path, monkeyp
     n = E.CONTEXT_USE_MIN_N
     assert sorted(calls) == sorted([("instruct", ("edge_to_image", "style_transfer"), n, "instruct"),
                                     ("no_instruction", ("edge_to_image", "style_transfer"), n, "no_instruction"),
+                                    ("single_task=edge_to_image", ("edge_to_image",), n, "single_task=edge_to_image"),
                                     ("single_task=edge_to_image", ("edge_to_image",), n, "single_task=edge_to_image")])
-    use = json.loads((tmp_path / "out" / "scores.json").read_text())["context_use"]
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    use = scores["context_use"]
     assert set(use["Single-task"]) == {"edge_to_image"} and use["Instruct-Imagen"]["style_transfer"]["gain"] == 0.5
+    # two single-task models of one task: the second keeps its own column instead of replacing the first
+    assert set(use["Single-task (edge-run-2)"]) == {"edge_to_image"}
+    assert scores["results"]["Single-task (edge-run-2)"]["edge_to_image"] is not None
     assert "Context use" in (tmp_path / "out" / "table.md").read_text()
 
 
