@@ -1081,11 +1081,9 @@ def cli_eval(argv=None) -> int:
             name = display_name(d)
             if v.startswith("single_task="):  # grouped into one "Single-task" column, as the paper's Table 4
                 task = v.split("=", 1)[1]
-                col = "Single-task"  # a second model of a task filled there (two runs to compare) gets its own column
-                for alt in (f"Single-task ({name})", f"Single-task ({d})"):
-                    if task not in models.get(col, {}):
-                        break
-                    col = alt
+                # a second model of a task already there (two runs to compare) gets a column of its own
+                col = next(c for c in ("Single-task", f"Single-task ({name})", f"Single-task ({d})")
+                           if task not in models.get(c, {}))
                 models.setdefault(col, {})[task] = gen
                 continue
             models[name if name not in models else str(d)] = gen  # two runs of one kind: their paths tell them apart

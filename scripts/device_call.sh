@@ -12,8 +12,8 @@
 # subject names, neighbours found with the foreground block: README, "Stage 1 and subjects"). SUBJECT_FIRST=S (seconds,
 # default 0) goes to train_shipped.sh too: the mixture trained S s from the subject specialist after the side-by-side
 # runs (README, "Subjects first, then the mixture"; e.g. SUBJECT_FIRST=60 BENCH_S=0). CTX_LR=X (default 1) goes there
-# too: every run after stage 0 scales its context branch's updates by X (README, "A faster context branch"). CALL_S (default 585) is when everything must be packed,
-# counted from the start. The shipped chain came from the
+# too: every run after stage 0 scales its context branch's updates by X (README, "A faster context branch").
+# CALL_S (default 585) is when everything must be packed, counted from the start. The shipped chain came from the
 # training half of this script (run first, then the benchmark, which ran out of time), i.e.
 #   STAGE0=data/checkpoints/stage0-tiny SINGLE="..." TAR_TO=/tmp/tars DEADLINE=$((T0+440)) MARGIN=90 \
 #     scripts/train_shipped.sh /tmp/runs 1.7

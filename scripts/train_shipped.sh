@@ -39,8 +39,9 @@ source "$(dirname "$0")/run_lib.sh"
 S0=${STAGE0:-$OUT/stage0}
 [ -n "${STAGE0:-}" ] || run stage0 --stage 0 --batch-size "${BATCH0:-$BATCH}" --steps 100000 --lr 1e-3 \
   --time-budget "$(budget 150)" || exit 1
-# Stage 1: retrieval-augmented training from stage 0.
+# Every run from here on has the context branch: CTX_LR scales its updates.
 [ "${CTX_LR:-1}" = 1 ] || COMMON+=(--ctx-lr-scale "$CTX_LR")
+# Stage 1: retrieval-augmented training from stage 0.
 ATT=(); [ -z "${ATTACH:-}" ] || ATT=(--override "$ATTACH")
 run stage1 --stage 1 --batch-size "$BATCH" --init "$S0" --steps 100000 --time-budget "$(budget 60)" \
   --pool-size 8192 "${ATT[@]}" || exit 1
