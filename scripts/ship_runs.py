@@ -53,6 +53,33 @@ def _summaries(log: list[str], run: str) -> list[dict]:
     return out
 
 
+def _segments(log: list[str], run: str) -> list[tuple[str, str]]:
+    """(start, end) ISO times of each segment of `run` in runs.log (`== DATE NAME: ...` to `== DATE NAME exit RC`); a
+    segment still running or killed without its exit line ends at the log's last time."""
+    stamp = lambda x: x.split()[1]
+    times = [stamp(x) for x in log if x.startswith("== ") and len(x.split()) > 2]
+    out, start = [], None
+    for x in log:
+        if not x.startswith("== ") or len(x.split()) < 3:
+            continue
+        name = x.split()[2]
+        if name == f"{run}:":
+            start = stamp(x)
+        elif name == run and x.split()[3] == "exit" and start:
+            out.append((start, stamp(x)))
+            start = None
+    if start:
+        out.append((start, times[-1]))
+    return out
+
+
+def _side_by_side(log: list[str], run: str) -> list[str]:
+    """The other runs in runs.log that trained while a segment of `run` did (they shared the machine)."""
+    names = sorted({x.split()[2].rstrip(":") for x in log if x.startswith("== ") and len(x.split()) > 2} - {run})
+    mine = _segments(log, run)
+    return [o for o in names if any(a < d and c < b for a, b in mine for c, d in _segments(log, o))]
+
+
 def ship(runs: Path, run: str, name: str, what: str, log: list[str], cmds: list[str], invocation: str | None) -> None:
     """Ship `runs/run` as data/checkpoints/`name`; `log` is runs.log's lines, `cmds` the ones that started the run."""
     export = runs / run / "export"
@@ -79,23 +106,18 @@ def ship(runs: Path, run: str, name: str, what: str, log: list[str], cmds: list[
     (dst / "config.json").write_text(json.dumps(cfg_json, indent=2, sort_keys=True))
     meta = cfg_json["meta"]
     on_cpu = "cpu" in meta.get("devices", "").lower()
-    if on_cpu:
-        where = ("Trained on this kit's 2-core CPU development machine, 2026-11-26; the stage-2 runs side by side"
-                 + (", stage 1 alone before them" if run == "stage1" else ""))
-        budget = ""
+    side = _side_by_side(log, run)
+    machine = ("this kit's 2-core CPU development machine" if on_cpu else
+               f"one {meta['devices'].split(' x ', 1)[1]} host (16 CPU cores)")
+    where = f"Trained on {machine}, {_segments(log, run)[0][0][:10]}"
+    if side:
+        where += f", side by side with {len(side)} other run(s) ({', '.join(side)})"
+    elif run == "stage1" and _started(log, "stage0"):
+        where += ", stage 0 and stage 1 one after the other"
     else:
-        side = [r for r in ("stage2", "multitask", "no_stage1") if _started(log, r)]
-        side += sorted(d.name for d in runs.glob("single_*") if d.is_dir() and _started(log, d.name))
-        host = f"Trained on one {meta['devices'].split(' x ', 1)[1]} host (16 CPU cores), 2026-11-26"
-        if run in ("stage0", "stage1"):
-            where = host + (", stage 0 and stage 1 one after the other" if _started(log, "stage0") else
-                            ", alone on the machine")
-        else:
-            where = (host + f", after stage 1, side by side with the other {len(side) - 1} stage-2 runs "
-                            f"({', '.join(side)})")
-
-        tb = cmds[-1].split("--time-budget ")[1].split()[0] if "--time-budget" in cmds[-1] else None
-        budget = f" (a {tb} s time budget)" if tb else ""
+        where += ", alone on the machine"
+    tb = cmds[-1].split("--time-budget ")[1].split()[0] if "--time-budget" in cmds[-1] else None
+    budget = f" (a {tb} s time budget)" if tb else ""
     card = dst / "MODEL_CARD.md"
     card.write_text(model_card(ModelConfig.from_dict(cfg_json["model"]), meta) + f"""
 ## How it was made
@@ -106,7 +128,7 @@ def ship(runs: Path, run: str, name: str, what: str, log: list[str], cmds: list[
 - Command (last segment): `{cmds[-1]}`
 - {meta.get('steps', steps[-1])} steps of batch {meta.get('batch_size')}{budget}: {wall:.0f} s of training (logged \
 step times, to step {steps[-1]}) plus \
-{compile_s:.0f} s of compiles, median {ips:.0f} images/s{' (the machine shared between runs)' if on_cpu else ''}.
+{compile_s:.0f} s of compiles, median {ips:.0f} images/s{' (the machine shared between runs)' if side else ''}.
 - Loss (mean of logged steps): {first:.3f} over the first 50 steps, {last:.3f} over the last 100.
 - Still **undertrained** by the paper's standard (400-500k steps at batch 512); see README "Evaluation" for what it
   does and does not follow.
