@@ -41,13 +41,14 @@ def _started(log: list[str], run: str) -> list[str]:
 
 
 def _summaries(log: list[str], run: str) -> list[dict]:
-    """The JSON summaries `iimagen train` printed at the end of each segment of `run`."""
+    """The JSON summaries `iimagen train` printed at the end of each segment of `run` (its `== DATE NAME exit RC: {...}`
+    lines)."""
     out = []
     for x in log:
-        j = x[x.find("{"):] if "{" in x else ""
-        if j and f'/{run}"' in j.split(",")[0]:
+        w = x.split()
+        if x.startswith("== ") and len(w) > 4 and w[2] == run and w[3] == "exit" and "{" in x:
             try:
-                out.append(json.loads(j))
+                out.append(json.loads(x[x.find("{"):]))
             except json.JSONDecodeError:
                 pass
     return out

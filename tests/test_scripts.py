@@ -31,3 +31,9 @@ def test_side_by_side_names_only_runs_that_overlapped_a_segment():
     assert ship_runs._side_by_side(LOG, "pilot") == ["single_subject"]
     assert ship_runs._side_by_side(LOG, "later") == []
     assert ship_runs._started(LOG, "single_subject") == ["iimagen train --steps 20000 --workdir R/single_subject"] * 2
+
+
+def test_summaries_come_from_the_runs_own_exit_lines_whatever_its_workdir():
+    assert [s["steps"] for s in ship_runs._summaries(LOG, "single_subject")] == [1427, 5800]
+    assert [s["steps"] for s in ship_runs._summaries(LOG, "later")] == [10]
+    assert ship_runs._summaries(LOG, "stage1") == []
