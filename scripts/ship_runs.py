@@ -35,50 +35,60 @@ SHIP = {  # run name -> (checkpoint name, what it is)
 }
 
 
+def _events(log: list[str]) -> list[tuple[str, str, str, str]]:
+    """(time, name, kind, rest) of runs.log's `== DATE NAME: COMMAND` lines (kind "start", rest the command) and
+    `== DATE NAME exit RC: SUMMARY` lines (kind "exit", rest the summary); both scripts write them (run_lib.sh)."""
+    out = []
+    for x in log:
+        w = x.split(maxsplit=3)
+        if len(w) < 3 or w[0] != "==":
+            continue
+        rest = x.split(": ", 1)[1] if ": " in x else ""
+        if w[2].endswith(":"):
+            out.append((w[1], w[2][:-1], "start", rest))
+        elif len(w) == 4 and w[3].startswith("exit"):
+            out.append((w[1], w[2], "exit", rest))
+    return out
+
+
 def _started(log: list[str], run: str) -> list[str]:
-    """The command lines in runs.log that started `run` (both scripts write `== [date ]NAME: iimagen train ...`)."""
-    return [x.split(": ", 1)[1] for x in log if x.startswith("== ") and x.split(": ", 1)[0].endswith(f" {run}")]
+    """The command lines in runs.log that started `run`."""
+    return [rest for _, name, kind, rest in _events(log) if name == run and kind == "start"]
 
 
 def _summaries(log: list[str], run: str) -> list[dict]:
-    """The JSON summaries `iimagen train` printed at the end of each segment of `run` (its `== DATE NAME exit RC: {...}`
-    lines)."""
+    """The JSON summaries `iimagen train` printed at the end of each segment of `run` (its exit lines)."""
     out = []
-    for x in log:
-        w = x.split()
-        if x.startswith("== ") and len(w) > 4 and w[2] == run and w[3] == "exit" and "{" in x:
+    for _, name, kind, rest in _events(log):
+        if name == run and kind == "exit" and "{" in rest:
             try:
-                out.append(json.loads(x[x.find("{"):]))
+                out.append(json.loads(rest[rest.find("{"):]))
             except json.JSONDecodeError:
                 pass
     return out
 
 
 def _segments(log: list[str], run: str) -> list[tuple[str, str]]:
-    """(start, end) ISO times of each segment of `run` in runs.log (`== DATE NAME: ...` to `== DATE NAME exit RC`); a
-    segment still running or killed without its exit line ends at the log's last time."""
-    stamp = lambda x: x.split()[1]
-    times = [stamp(x) for x in log if x.startswith("== ") and len(x.split()) > 2]
+    """(start, end) ISO times of each segment of `run`, from its start line to its exit line; a segment still running
+    or killed without its exit line ends at the log's last time."""
+    events = _events(log)
     out, start = [], None
-    for x in log:
-        if not x.startswith("== ") or len(x.split()) < 3:
-            continue
-        name = x.split()[2]
-        if name == f"{run}:":
-            start = stamp(x)
-        elif name == run and x.split()[3] == "exit" and start:
-            out.append((start, stamp(x)))
+    for time, name, kind, _ in events:
+        if name == run and kind == "start":
+            start = time
+        elif name == run and kind == "exit" and start:
+            out.append((start, time))
             start = None
     if start:
-        out.append((start, times[-1]))
+        out.append((start, events[-1][0]))
     return out
 
 
 def _side_by_side(log: list[str], run: str) -> list[str]:
     """The other runs in runs.log that trained while a segment of `run` did (they shared the machine)."""
-    names = sorted({x.split()[2].rstrip(":") for x in log if x.startswith("== ") and len(x.split()) > 2} - {run})
     mine = _segments(log, run)
-    return [o for o in names if any(a < d and c < b for a, b in mine for c, d in _segments(log, o))]
+    others = sorted({name for _, name, _, _ in _events(log)} - {run})
+    return [o for o in others if any(a < d and c < b for a, b in mine for c, d in _segments(log, o))]
 
 
 def ship(runs: Path, run: str, name: str, what: str, log: list[str], cmds: list[str], invocation: str | None) -> None:
