@@ -91,6 +91,18 @@ def _side_by_side(log: list[str], run: str) -> list[str]:
     return [o for o in others if any(a < d and c < b for a, b in mine for c, d in _segments(log, o))]
 
 
+def _stage2_what(cmd: str, what: str) -> str:
+    """What the Instruct-Imagen run is, from the `--init` of the command that started it: the Table-1 mixture from a
+    stage 1, or a curriculum (the mixture after a single-task model)."""
+    init = Path(cmd.split("--init ")[1].split()[0]).name if "--init " in cmd else ""
+    if not init or "stage1" in init:
+        return what
+    task = init.removeprefix("single-task-").removesuffix("-tiny").replace("-", "_")
+    first = f" (a curriculum: `{task}` alone first, then the mixture)" if init.startswith("single-task-") else ""
+    return (f"Instruct-Imagen: stage 2 (instruction tuning on the task mixture) of `tiny`, from `{init}`{first}; "
+            "that model was itself trained from `stage1-tiny`.")
+
+
 def ship(runs: Path, run: str, name: str, what: str, log: list[str], cmds: list[str], invocation: str | None) -> None:
     """Ship `runs/run` as data/checkpoints/`name`; `log` is runs.log's lines, `cmds` the ones that started the run."""
     export = runs / run / "export"
@@ -159,6 +171,8 @@ def main(dirs: list[Path]) -> None:
                              f"(`--variant single_task={task}`).")
         for run, (name, what) in table.items():
             cmds = _started(log, run)
+            if run == "stage2" and cmds:
+                what = _stage2_what(cmds[0], what)
             if (runs / run / "export").is_dir() and cmds:
                 ship(runs, run, name, what, log, cmds, invocation)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 spec = importlib.util.spec_from_file_location("ship_runs", Path(__file__).parents[1] / "scripts" / "ship_runs.py")
 ship_runs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ship_runs)
@@ -37,3 +39,38 @@ def test_summaries_come_from_the_runs_own_exit_lines_whatever_its_workdir():
     assert [s["steps"] for s in ship_runs._summaries(LOG, "single_subject")] == [1427, 5800]
     assert [s["steps"] for s in ship_runs._summaries(LOG, "later")] == [10]
     assert ship_runs._summaries(LOG, "stage1") == []
+
+
+def test_stage2_card_names_the_model_it_started_from():
+    plain = ship_runs.SHIP["stage2"][1]
+    assert ship_runs._stage2_what("iimagen train --stage 2 --init R/stage1 --workdir R/stage2", plain) == plain
+    what = ship_runs._stage2_what("iimagen train --stage 2 --init data/checkpoints/single-task-subject-tiny "
+                                  "--workdir R/stage2", plain)
+    assert "from `single-task-subject-tiny` (a curriculum: `subject` alone first" in what, what
+
+
+def test_two_readers_keeps_the_mixture_model_and_takes_the_specialists_reader():
+    import numpy as np
+
+    from iimagen.checkpoint import _flat_params, random_model
+    from iimagen.configs import get_config
+
+    spec = importlib.util.spec_from_file_location("two_readers", Path(__file__).parents[1] / "scripts" /
+                                                  "two_readers.py")
+    tr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tr)
+    cfg = get_config("tiny")
+    mix, specialist = random_model(cfg, seed=1), random_model(cfg, seed=2)
+    both = tr.two_readers(mix, specialist)
+    assert both.cfg.ctx_content_attn and not mix.cfg.ctx_content_attn
+    new, old, sp = _flat_params(both), _flat_params(mix), _flat_params(specialist)
+    content = [k for k in new if "/ctx_content/" in k]
+    assert content and set(new) - set(old) == set(content)
+    for k in old:  # every weight of the mixture model, unchanged
+        np.testing.assert_array_equal(new[k], old[k])
+    for k in content:  # each block's content attention is the specialist's context attention of that block
+        np.testing.assert_array_equal(new[k], sp[k.replace("/ctx_content/", "/ctx_attn/")])
+    assert not np.array_equal(sp[content[0].replace("/ctx_content/", "/ctx_attn/")],
+                              old[content[0].replace("/ctx_content/", "/ctx_attn/")])
+    with pytest.raises(ValueError, match="no content attention"):
+        tr.two_readers(both, specialist)
