@@ -91,10 +91,15 @@ def _side_by_side(log: list[str], run: str) -> list[str]:
     return [o for o in others if any(a < d and c < b for a, b in mine for c, d in _segments(log, o))]
 
 
+def _flag(cmd: str, flag: str) -> str | None:
+    """The value of `flag` (e.g. "--steps") in a command line, or None if the command has no such flag."""
+    return cmd.split(f"{flag} ")[1].split()[0] if f"{flag} " in cmd else None
+
+
 def _stage2_what(cmd: str, what: str) -> str:
     """What the Instruct-Imagen run is, from the `--init` of the command that started it: the Table-1 mixture from a
     stage 1, or a curriculum (the mixture after a single-task model)."""
-    init = Path(cmd.split("--init ")[1].split()[0]).name if "--init " in cmd else ""
+    init = Path(_flag(cmd, "--init") or "").name
     if not init or "stage1" in init:
         return what
     task = init.removeprefix("single-task-").removesuffix("-tiny").replace("-", "_")
@@ -118,7 +123,7 @@ def ship(runs: Path, run: str, name: str, what: str, log: list[str], cmds: list[
     first = np.mean([by_step[s]["loss"] for s in steps[:head]])
     last = np.mean([by_step[s]["loss"] for s in steps[-max(1, round(100 / per_log)):]])
     ips = np.median([r["images_per_s"] for r in recs])
-    targets = [c.split("--steps ")[1].split()[0] for c in cmds]
+    targets = [_flag(c, "--steps") for c in cmds]
     sums = _summaries(log, run)
     compile_s = sum(s.get("compile_s", 0) for s in sums)
     # Training time from the metrics (each record holds the mean step time since the one before), so a segment
@@ -139,7 +144,7 @@ def ship(runs: Path, run: str, name: str, what: str, log: list[str], cmds: list[
         where += ", stage 0 and stage 1 one after the other"
     else:
         where += ", alone on the machine"
-    tb = cmds[-1].split("--time-budget ")[1].split()[0] if "--time-budget" in cmds[-1] else None
+    tb = _flag(cmds[-1], "--time-budget")
     budget = f" (a {tb} s time budget)" if tb else ""
     card = dst / "MODEL_CARD.md"
     card.write_text(model_card(ModelConfig.from_dict(cfg_json["model"]), meta) + f"""

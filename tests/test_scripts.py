@@ -1,4 +1,5 @@
-"""scripts/ship_runs.py: what a model card says about where and beside what a run trained comes from runs.log."""
+"""scripts/ship_runs.py: what a model card says about where and beside what a run trained comes from runs.log;
+scripts/two_readers.py: which weights the model it builds takes from which model."""
 from __future__ import annotations
 
 import importlib.util
@@ -6,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("ship_runs", Path(__file__).parents[1] / "scripts" / "ship_runs.py")
-ship_runs = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ship_runs)
+
+def _script(name: str):
+    """scripts/NAME.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ship_runs = _script("ship_runs")
 
 LOG = """== 2026-12-02T00:35:40Z pilot: iimagen train --steps 20000 --workdir R/pilot
 == 2026-12-02T00:35:41Z single_subject: iimagen train --steps 20000 --workdir R/single_subject
@@ -55,10 +63,7 @@ def test_two_readers_keeps_the_mixture_model_and_takes_the_specialists_reader():
     from iimagen.checkpoint import _flat_params, random_model
     from iimagen.configs import get_config
 
-    spec = importlib.util.spec_from_file_location("two_readers", Path(__file__).parents[1] / "scripts" /
-                                                  "two_readers.py")
-    tr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tr)
+    tr = _script("two_readers")
     cfg = get_config("tiny")
     mix, specialist = random_model(cfg, seed=1), random_model(cfg, seed=2)
     both = tr.two_readers(mix, specialist)
