@@ -103,9 +103,9 @@ def _stage2_what(cmd: str, what: str) -> str:
     if not init or "stage1" in init:
         return what
     task = init.removeprefix("single-task-").removesuffix("-tiny").replace("-", "_")
-    first = f" (a curriculum: `{task}` alone first, then the mixture)" if init.startswith("single-task-") else ""
-    return (f"Instruct-Imagen: stage 2 (instruction tuning on the task mixture) of `tiny`, from `{init}`{first}; "
-            "that model was itself trained from `stage1-tiny`.")
+    first = (f" (a curriculum: `{task}` alone first, then the mixture; the single-task model was trained from "
+             "`stage1-tiny`)") if init.startswith("single-task-") else ""
+    return f"Instruct-Imagen: stage 2 (instruction tuning on the task mixture) of `tiny`, from `{init}`{first}."
 
 
 def ship(runs: Path, run: str, name: str, what: str, log: list[str], cmds: list[str], invocation: str | None) -> None:
