@@ -1,5 +1,5 @@
 """scripts/ship_runs.py: what a model card says about where and beside what a run trained comes from runs.log;
-scripts/two_readers.py: which weights the model it builds takes from which model."""
+scripts/two_readers.py: which weights the models it builds take from which model."""
 from __future__ import annotations
 
 import importlib.util
@@ -79,3 +79,19 @@ def test_two_readers_keeps_the_mixture_model_and_takes_the_specialists_reader():
                               old[content[0].replace("/ctx_content/", "/ctx_attn/")])
     with pytest.raises(ValueError, match="no content attention"):
         tr.two_readers(both, specialist)
+
+    # --new-aligned: the specialist whole, its reader moved to the content slot, a new aligned reader at birth
+    new = _flat_params(tr.new_aligned(specialist))
+    aligned = [k for k in new if "/ctx_attn/" in k]
+    assert set(new) - set(sp) == set(content) and aligned
+    for k in set(sp) - set(aligned):  # the specialist's every other weight, unchanged
+        np.testing.assert_array_equal(new[k], sp[k])
+    for k in content:
+        np.testing.assert_array_equal(new[k], sp[k.replace("/ctx_content/", "/ctx_attn/")])
+    for k in aligned:
+        if k.endswith("out/kernel"):  # the new reader adds nothing at birth ...
+            assert not np.any(new[k])
+        if k.endswith("kv/kernel"):  # ... and is aligned: its key projection is its query projection
+            q = new[k.replace("kv/kernel", "q/kernel")]
+            np.testing.assert_array_equal(new[k][:, :q.shape[1]], q)
+            assert not np.array_equal(q, sp[k.replace("kv/kernel", "q/kernel")])
