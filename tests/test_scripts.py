@@ -84,7 +84,11 @@ def test_two_readers_keeps_the_mixture_model_and_takes_the_specialists_reader():
     new = _flat_params(tr.new_aligned(specialist))
     aligned = [k for k in new if "/ctx_attn/" in k]
     assert set(new) - set(sp) == set(content) and aligned
-    for k in set(sp) - set(aligned):  # the specialist's every other weight, unchanged
+    codes = {"ctx_row", "ctx_col"}  # the 2-D position code, scaled back to its rms at birth
+    for k in codes:
+        np.testing.assert_allclose(new[k], sp[k] * tr.POS_RMS / np.sqrt(np.mean(np.square(sp[k]))), rtol=1e-5)
+        np.testing.assert_allclose(np.sqrt(np.mean(np.square(new[k]))), tr.POS_RMS, rtol=1e-5)
+    for k in set(sp) - set(aligned) - codes:  # the specialist's every other weight, unchanged
         np.testing.assert_array_equal(new[k], sp[k])
     for k in content:
         np.testing.assert_array_equal(new[k], sp[k.replace("/ctx_content/", "/ctx_attn/")])
