@@ -2,7 +2,7 @@
 subject specialist's context attention as the second, position-free one (`ctx_content_attn`). Two ways to build it:
 
     python scripts/two_readers.py MIXTURE_CKPT SPECIALIST_CKPT OUT_DIR
-    python scripts/two_readers.py --new-aligned SPECIALIST_CKPT OUT_DIR
+    python scripts/two_readers.py --new-aligned [--aligned-from STAGE1_CKPT] SPECIALIST_CKPT OUT_DIR
 
 The first takes MIXTURE_CKPT (every weight, the context tokens' norm, slot and position codes included) with
 `ctx_content_attn` grown, and sets each block's content attention to SPECIALIST_CKPT's context attention of the same
@@ -16,14 +16,16 @@ projection equal to the query projection, zero output; `Block`), so the model st
 mixture can grow a place reader for the control maps beside the subject reader. The specialist shrank the context
 tokens' 2-D position code (rms 0.7 at birth, 0.28-0.32 after it), and the new reader's alignment is that code seen
 through its projections: it is scaled back to the rms a new branch has (`POS_RMS`), or the new reader starts
-almost even (own place 0.021 against even attention's 0.016; rescaled 0.074-0.097) and the mixture finds no control.
+almost even (own place 0.021 against even attention's 0.016; rescaled 0.074-0.097). `--aligned-from STAGE1_CKPT`
+takes a trained aligned reader instead, stage 1's, with the position code it was trained with (own place
+0.14-0.49): stage 1 taught it to copy a neighbour place to place, which a fresh reader must still learn.
 
 OUT_DIR is an exported checkpoint: `iimagen train --stage 2 --init OUT_DIR ...` trains on from it, `iimagen eval
 --checkpoint OUT_DIR` scores it. (README, "One model for subjects and control maps".)
 """
 from __future__ import annotations
 
-import sys
+import argparse
 
 import jax.numpy as jnp
 from flax import nnx
@@ -63,37 +65,53 @@ def two_readers(mix, spec):
     return model
 
 
-def new_aligned(spec, seed: int = 0):
+def new_aligned(spec, seed: int = 0, aligned_from=None):
     """The specialist `spec` with its context attention as the position-free content attention of each block, and
-    a new aligned context attention (as a freshly built model has it: aligned at birth, zero output) in its place,
-    and the context's 2-D position code scaled back to its rms at birth (`POS_RMS` per axis), which the new reader's
-    alignment needs. Its outputs are the specialist's less the query position code its reader was trained with and
-    with that code rescaled in the tokens it reads (subject gain +7.8 / +4.5 % against the specialist's +10.2 /
-    +5.6 %, README)."""
+    a new aligned context attention in its place: a trained one, `aligned_from`'s (a model of the same layout,
+    e.g. stage 1's), with the context's 2-D position code it was trained with; or, without `aligned_from`, one as a
+    freshly built model has it (aligned at birth, zero output), with the specialist's position code scaled back to
+    its rms at birth (`POS_RMS` per axis), which the new reader's alignment needs. The content reader keeps the
+    specialist's encoder, so it reads on (README: subject gain +5.5 / +4.0 % with stage 1's reader, +7.8 / +4.5 %
+    with a fresh one, against the specialist's +10.2 / +5.6 %)."""
     if not spec.cfg.ctx_query_pos:
         raise ValueError("two_readers --new-aligned: the specialist has no aligned context attention "
                          "(ctx_query_pos=False), so there is no place reader to renew")
     model = two_readers(spec, spec)
-    fresh = nnx.jit(lambda r: InstructImagen(model.cfg, r))(nnx.Rngs(seed))
-    for block, born in _content_blocks(model, fresh):
-        nnx.update(block.ctx_attn, nnx.state(born.ctx_attn))
-    for code in (model.ctx_row, model.ctx_col):
-        code.value = code.value * (POS_RMS / jnp.sqrt(jnp.mean(jnp.square(code.value))))
+    if aligned_from is None:
+        aligned_from = nnx.jit(lambda r: InstructImagen(model.cfg, r))(nnx.Rngs(seed))
+        for code in (model.ctx_row, model.ctx_col):
+            code.value = code.value * (POS_RMS / jnp.sqrt(jnp.mean(jnp.square(code.value))))
+    else:
+        model.ctx_row.value, model.ctx_col.value = aligned_from.ctx_row.value, aligned_from.ctx_col.value
+    for block, src in _content_blocks(model, aligned_from):
+        nnx.update(block.ctx_attn, nnx.state(src.ctx_attn))
     return model
 
 
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    if len(args) == 3 and args[0] == "--new-aligned":
-        spec, tok, meta = load_any(args[1])
-        model, init = new_aligned(spec), f"{args[1]} with a new aligned reader (scripts/two_readers.py --new-aligned)"
-        said = f"{args[1]}'s context attention as its content attention, and a new aligned one"
-    elif len(args) == 3 and not args[0].startswith("-"):
-        mix, tok, meta = load_any(args[0])
-        model = two_readers(mix, load_any(args[1])[0])
-        init = f"{args[0]} + content attention from {args[1]} (scripts/two_readers.py)"
-        said = f"{args[0]} with {args[1]}'s context attention as its content attention"
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], usage=__doc__.split("\n\n")[1])
+    ap.add_argument("--new-aligned", action="store_true", help="the specialist with a new aligned reader")
+    ap.add_argument("--aligned-from", metavar="CKPT", help="with --new-aligned: take that model's aligned reader")
+    ap.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    a = ap.parse_args(argv)
+    *ins, out = a.checkpoints
+    if len(ins) != (1 if a.new_aligned else 2) or (a.aligned_from and not a.new_aligned):
+        ap.error("give MIXTURE_CKPT SPECIALIST_CKPT OUT_DIR, or --new-aligned [--aligned-from CKPT] "
+                 "SPECIALIST_CKPT OUT_DIR")
+    first, tok, meta = load_any(ins[0])
+    if a.new_aligned:
+        src = load_any(a.aligned_from)[0] if a.aligned_from else None
+        model = new_aligned(first, aligned_from=src)
+        reader = f"{a.aligned_from}'s aligned reader" if a.aligned_from else "a new aligned reader"
+        init = f"{ins[0]} with {reader} (scripts/two_readers.py --new-aligned)"
+        said = f"{ins[0]}'s context attention as its content attention, and {reader}"
     else:
-        raise SystemExit(__doc__)
-    save_model(args[2], model, {**meta, "init": init}, tokenizer=tok, dtype="float32")
-    print(f"{args[2]}: {said}")
+        model = two_readers(first, load_any(ins[1])[0])
+        init = f"{ins[0]} + content attention from {ins[1]} (scripts/two_readers.py)"
+        said = f"{ins[0]} with {ins[1]}'s context attention as its content attention"
+    save_model(out, model, {**meta, "init": init}, tokenizer=tok, dtype="float32")
+    print(f"{out}: {said}")
+
+
+if __name__ == "__main__":
+    main()

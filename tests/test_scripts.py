@@ -99,3 +99,10 @@ def test_two_readers_keeps_the_mixture_model_and_takes_the_specialists_reader():
             q = new[k.replace("kv/kernel", "q/kernel")]
             np.testing.assert_array_equal(new[k][:, :q.shape[1]], q)
             assert not np.array_equal(q, sp[k.replace("kv/kernel", "q/kernel")])
+
+    # --aligned-from: a trained aligned reader (here the mixture model's) with the position code it was trained with
+    taken = _flat_params(tr.new_aligned(specialist, aligned_from=mix))
+    for k in aligned + sorted(codes):
+        np.testing.assert_array_equal(taken[k], old[k])
+    for k in set(sp) - set(aligned) - codes:
+        np.testing.assert_array_equal(taken[k], new[k])
