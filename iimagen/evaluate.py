@@ -915,7 +915,8 @@ def context_use_markdown(use: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------- tables
 GROUND_TRUTH, NOISE = "Ground truth (anchor)", "Random noise (anchor)"
-NAMES = {"instruct-imagen": "Instruct-Imagen", "multitask": "Multi-task (no instruction)",
+NAMES = {"instruct-imagen": "Instruct-Imagen", "instruct-imagen-two-readers": "Instruct-Imagen (two readers)",
+         "multitask": "Multi-task (no instruction)",
          "no-stage1": "Instruct-Imagen w/o stage 1", "stage1": "Stage 1 only", "stage0": "Stage 0 (text-to-image)"}
 
 

@@ -32,6 +32,13 @@ SHIP = {  # run name -> (checkpoint name, what it is)
                                     "instruction text** (raw inputs only), from `stage1-tiny`."),
     "no_stage1": ("no-stage1-tiny", "Instruct-Imagen **without stage 1** (paper Table 3/4 ablation): stage 2 "
                                     "straight from `stage0-tiny`."),
+    "mixture_stage1_reader": (
+        "instruct-imagen-two-readers-tiny",
+        "Instruct-Imagen with two context readers: stage 2 (the Table-1 mixture, one learning rate) from "
+        "`single-task-subject-tiny` whose context attention reads on as the position-free content attention "
+        "(`ctx_content_attn`) beside `stage1-tiny`'s aligned one (`python scripts/two_readers.py --new-aligned "
+        "--aligned-from data/checkpoints/stage1-tiny data/checkpoints/single-task-subject-tiny INIT`; README, "
+        "\"Two readers on the specialist's encoder\")."),
 }
 
 

@@ -214,6 +214,7 @@ def test_cli_eval_names_runs_by_their_folder_and_never_merges_two_models(tmp_pat
     monkeypatch.setattr(E, "evaluate_models", capture)
     assert E.display_name(tmp_path / "curriculum" / "export") == "curriculum"
     assert E.display_name("runs/instruct-imagen-x/export") == E.NAMES["instruct-imagen"]
+    assert E.display_name("data/checkpoints/instruct-imagen-two-readers-tiny") == "Instruct-Imagen (two readers)"
     two = [str(tmp_path / "instruct-imagen-a"), str(tmp_path / "instruct-imagen-b" / "export")]
     with pytest.raises(Stop):
         E.cli_eval(["--checkpoint", two[0], "--baselines", two[1], "--out", str(tmp_path / "o"), "--n", "1",
