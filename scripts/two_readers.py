@@ -21,7 +21,8 @@ takes a trained aligned reader instead, stage 1's, with the position code it was
 0.14-0.49): stage 1 taught it to copy a neighbour place to place, which a fresh reader must still learn.
 
 OUT_DIR is an exported checkpoint: `iimagen train --stage 2 --init OUT_DIR ...` trains on from it, `iimagen eval
---checkpoint OUT_DIR` scores it. (README, "One model for subjects and control maps".)
+--checkpoint OUT_DIR` scores it. (README, "One model for subjects and control maps" and "Two readers on the
+specialist's encoder".)
 """
 from __future__ import annotations
 
