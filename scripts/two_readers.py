@@ -32,8 +32,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from iimagen.checkpoint import save_model
-from iimagen.model.unet import POS_RMS, InstructImagen, grow
-from iimagen.train import load_any
+from iimagen.model.unet import POS_RMS, grow
+from iimagen.train import create_model, load_any
 
 
 def _content_blocks(model, other):
@@ -51,16 +51,12 @@ def _content_blocks(model, other):
     return pairs
 
 
-def _grown(model, spec):
-    if model.cfg.ctx_content_attn or not (model.cfg.use_context and spec.cfg.use_context):
-        raise ValueError("two_readers: both models need a context branch, and the first no content attention")
-    return grow(model, ctx_content_attn=True)
-
-
 def two_readers(mix, spec):
     """The mixture model `mix` with `ctx_content_attn` grown and each block's content attention set to the context
     attention of the same block of `spec` (both InstructImagen models of one layout, with context branches)."""
-    model = _grown(mix, spec)
+    if mix.cfg.ctx_content_attn or not (mix.cfg.use_context and spec.cfg.use_context):
+        raise ValueError("two_readers: both models need a context branch, and the first no content attention")
+    model = grow(mix, ctx_content_attn=True)
     for block, src in _content_blocks(model, spec):
         nnx.update(block.ctx_content, nnx.state(src.ctx_attn))
     return model
@@ -79,7 +75,7 @@ def new_aligned(spec, seed: int = 0, aligned_from=None):
                          "(ctx_query_pos=False), so there is no place reader to renew")
     model = two_readers(spec, spec)
     if aligned_from is None:
-        aligned_from = nnx.jit(lambda r: InstructImagen(model.cfg, r))(nnx.Rngs(seed))
+        aligned_from = create_model(model.cfg, seed)
         for code in (model.ctx_row, model.ctx_col):
             code.value = code.value * (POS_RMS / jnp.sqrt(jnp.mean(jnp.square(code.value))))
     else:
