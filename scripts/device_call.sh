@@ -13,6 +13,9 @@
 # default 0) goes to train_shipped.sh too: the mixture trained S s from the subject specialist after the side-by-side
 # runs (README, "Subjects first, then the mixture"; e.g. SUBJECT_FIRST=60 BENCH_S=0). CTX_LR=X (default 1) goes there
 # too: every run after stage 0 scales its context branch's updates by X (README, "A faster context branch").
+# TWO_READERS=S (seconds, default 0) goes there too: the two-reader model built from this call's single_subject and
+# stage1, then S s of the mixture at one learning rate (README, "Two readers on the specialist's encoder"; e.g.
+# TWO_READERS=180 CTX_LR=10 BENCH_S=0: the specialist reads subjects sooner at X = 10, the two-reader run keeps X = 1).
 # CALL_S (default 585) is when everything must be packed, counted from the start. The shipped chain came from the
 # training half of this script (run first, then the benchmark, which ran out of time), i.e.
 #   STAGE0=data/checkpoints/stage0-tiny SINGLE="..." TAR_TO=/tmp/tars DEADLINE=$((T0+440)) MARGIN=90 \
@@ -35,7 +38,7 @@ if [ $(( T0 + CALL_S - $(date +%s) )) -lt 330 ]; then
 fi
 mkdir -p /tmp/tars /tmp/runs
 DL=$((T0 + CALL_S - 150))
-echo "CTX_LR=${CTX_LR:-1} ATTACH=\"${ATTACH:-}\" SUBJECT_FIRST=${SUBJECT_FIRST:-0} STAGE0=data/checkpoints/stage0-tiny SINGLE=\"$SINGLES\" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90" \
+echo "CTX_LR=${CTX_LR:-1} TWO_READERS=${TWO_READERS:-0} ATTACH=\"${ATTACH:-}\" SUBJECT_FIRST=${SUBJECT_FIRST:-0} STAGE0=data/checkpoints/stage0-tiny SINGLE=\"$SINGLES\" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90" \
   "scripts/train_shipped.sh /tmp/runs 1.7" > /tmp/runs/invocation.txt
 STAGE0=data/checkpoints/stage0-tiny SINGLE="$SINGLES" TAR_TO=/tmp/tars DEADLINE=$DL MARGIN=90 \
   timeout $((T0 + CALL_S - 20 - $(date +%s))) bash scripts/train_shipped.sh /tmp/runs 1.7 > "$OUT/device.log" 2>&1
@@ -45,7 +48,7 @@ echo "training done at $(( $(date +%s) - T0 )) s" | tee -a "$OUT/device.log"
 cp /tmp/runs/runs.log /tmp/runs/invocation.txt /tmp/tars/ 2>/dev/null
 cd /tmp/tars || exit 1
 ls single_*.tgz 2>/dev/null | sort > /tmp/singles.txt
-tar cf "$OUT/a.tar" stage1.tgz stage2.tgz multitask.tgz no_stage1.tgz $(ls stage2_subject_first.tgz 2>/dev/null) \
+tar cf "$OUT/a.tar" stage1.tgz stage2.tgz multitask.tgz no_stage1.tgz $(ls stage2_subject_first.tgz mixture_stage1_reader.tgz 2>/dev/null) \
   invocation.txt runs.log
 tar cf "$OUT/b.tar" $(head -n 4 /tmp/singles.txt) runs.log
 tar cf "$OUT/c.tar" $(tail -n +5 /tmp/singles.txt) runs.log

@@ -16,6 +16,12 @@
 # SUBJECT_FIRST=S (seconds; default 0, off): the curriculum of README "Subjects first, then the mixture". After the
 # side-by-side runs, stage2_subject_first trains the Table-1 mixture for S seconds from single_subject (so `subject`
 # must be in SINGLE); the side-by-side runs end S + 60 s earlier to leave it room. It is not shipped by ship_runs.py.
+# TWO_READERS=S (seconds; default 0, off): the build of README "Two readers on the specialist's encoder". After the
+# side-by-side runs (and SUBJECT_FIRST's run), `scripts/two_readers.py --new-aligned --aligned-from stage1` puts
+# stage 1's aligned reader beside single_subject's reader (moved to the content slot), and mixture_stage1_reader
+# trains the Table-1 mixture from it for S seconds at one learning rate: its --ctx-lr-scale 1 overrides CTX_LR
+# (X = 10 erased the new reader's alignment on the CPU). `subject` must be in SINGLE; the side-by-side runs end
+# S + 90 s earlier. ship_runs.py ships it as instruct-imagen-two-readers-tiny.
 # CTX_LR=X (default 1) gives every run after stage 0 `--ctx-lr-scale X`: the context branch's updates X times the
 # backbone's (README, "A faster context branch").
 # STAGE0=DIR starts stage 1 and no_stage1 from that stage-0 export (e.g. the shipped data/checkpoints/stage0-tiny)
@@ -48,10 +54,10 @@ run stage1 --stage 1 --batch-size "$BATCH" --init "$S0" --steps 100000 --time-bu
 # Stage 2 and the baselines, side by side on the one accelerator (each takes a share of memory and data workers).
 N_SIDE=$((3 + $(echo ${SINGLE:-} | wc -w)))
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$($PY -c "print(round(0.95 / $N_SIDE, 3))")  # 0.317 for the three
-SF=${SUBJECT_FIRST:-0}
-if [ "$SF" -gt 0 ] && [[ " ${SINGLE:-} " != *" subject "* ]]; then
-  echo "SUBJECT_FIRST needs subject in SINGLE (it starts from single_subject)" >&2; exit 2; fi
-B2=$(MARGIN=$(( ${MARGIN:-150} + (SF > 0 ? SF + 60 : 0) )) deadline_cap "$(budget 120)")
+SF=${SUBJECT_FIRST:-0}; TR=${TWO_READERS:-0}
+if [ $((SF + TR)) -gt 0 ] && [[ " ${SINGLE:-} " != *" subject "* ]]; then
+  echo "SUBJECT_FIRST and TWO_READERS need subject in SINGLE (they start from single_subject)" >&2; exit 2; fi
+B2=$(MARGIN=$(( ${MARGIN:-150} + (SF > 0 ? SF + 60 : 0) + (TR > 0 ? TR + 90 : 0) )) deadline_cap "$(budget 120)")
 COMMON+=(--batch-size "$BATCH" --steps 100000 --time-budget "$B2")
 # Data workers (the host has 16 cores): stage2, multitask, no_stage1, each single-task run.
 if [ "$N_SIDE" -gt 5 ]; then W=(4 3 3 1); else W=(8 4 4 2); fi
@@ -64,4 +70,10 @@ done
 wait
 # Subjects first: the mixture from the subject specialist (one run, the whole machine).
 [ "$SF" -eq 0 ] || run stage2_subject_first --stage 2 --init "$OUT/single_subject" --workers 8 --time-budget "$SF"
+# Two readers: the specialist's reader (content slot) beside stage 1's aligned one, then the mixture at one rate.
+if [ "$TR" -gt 0 ]; then
+  $PY scripts/two_readers.py --new-aligned --aligned-from "$OUT/stage1" "$OUT/single_subject" "$OUT/two_readers_init" \
+    > "$OUT/two_readers_init.log" 2>&1 || exit 1
+  run mixture_stage1_reader --stage 2 --init "$OUT/two_readers_init" --workers 8 --time-budget "$TR" --ctx-lr-scale 1
+fi
 echo "== done" | tee -a "$OUT/runs.log"

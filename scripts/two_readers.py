@@ -77,9 +77,9 @@ def new_aligned(spec, seed: int = 0, aligned_from=None):
     if aligned_from is None:
         aligned_from = create_model(model.cfg, seed)
         for code in (model.ctx_row, model.ctx_col):
-            code.value = code.value * (POS_RMS / jnp.sqrt(jnp.mean(jnp.square(code.value))))
+            code[...] = code[...] * (POS_RMS / jnp.sqrt(jnp.mean(jnp.square(code[...]))))
     else:
-        model.ctx_row.value, model.ctx_col.value = aligned_from.ctx_row.value, aligned_from.ctx_col.value
+        model.ctx_row[...], model.ctx_col[...] = aligned_from.ctx_row[...], aligned_from.ctx_col[...]
     for block, src in _content_blocks(model, aligned_from):
         nnx.update(block.ctx_attn, nnx.state(src.ctx_attn))
     return model

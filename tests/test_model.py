@@ -95,7 +95,7 @@ def _perturb_ctx_out(model, seed=1):
         ctx_attn = getattr(m, "ctx_attn", None)
         if ctx_attn is not None:
             key, sub = jax.random.split(key)
-            ctx_attn.out.kernel.value = 0.2 * jax.random.normal(sub, ctx_attn.out.kernel.value.shape)
+            ctx_attn.out.kernel[...] = 0.2 * jax.random.normal(sub, ctx_attn.out.kernel[...].shape)
 
 
 def test_shapes_micro_and_tiny(run):
@@ -172,9 +172,11 @@ def test_padded_slot_changes_nothing(run):
 
 
 def test_no_context_row_equals_ctx_none(run):
-    """An all-False ctx_mask row ("no context") gives exactly the output of ctx=None."""
+    """An all-False ctx_mask row ("no context") gives the output of ctx=None: the context branch adds exactly zero.
+    Up to float rounding only: the two paths are separate parts of one XLA program, and on some CPUs (AVX-512 hosts)
+    XLA fuses them differently (1.3e-6 seen); the context branch, when not masked, moves the output by > 1e-4."""
     out = run(make_batch(MICRO))
-    np.testing.assert_array_equal(np.asarray(out["v_no_ctx"]), np.asarray(out["v_none"]))
+    np.testing.assert_allclose(np.asarray(out["v_no_ctx"]), np.asarray(out["v_none"]), rtol=0, atol=1e-5)
 
 
 def test_identity_at_birth():

@@ -56,7 +56,7 @@ class TextEncoder(nnx.Module):
             raise ValueError(f"text ids have {L} tokens; this model's text encoder takes at most {self.max_len} "
                              f"(ModelConfig.text_len / ctx_text_len): truncate when tokenizing")
         mask = ids != 0
-        x = self.embed(ids) + self.pos.value[:L]
+        x = self.embed(ids) + self.pos[...][:L]
         for layer in self.layers:
             x = layer(x, mask)
         x = self.norm(x) * mask[..., None]                                # pads carry exactly 0

@@ -84,7 +84,7 @@ class Block(nnx.Module):
             # position term |W (row_i + col_j)|^2, so each query starts out reading the context tokens under it
             # (what a spatial control needs); subject and style contexts train it away from there.
             a = self.ctx_attn
-            a.kv.kernel.value = a.kv.kernel.value.at[:, :cout].set(a.q.kernel.value)
+            a.kv.kernel[...] = a.kv.kernel[...].at[:, :cout].set(a.q.kernel[...])
 
     def __call__(self, x, emb, text: TextFeatures, ctx: ContextFeatures | None, name="", probe=None, q_pos=None):
         x = self.res(x, emb)
@@ -205,8 +205,8 @@ class InstructImagen(nnx.Module):
         queries (cfg.ctx_query_pos), or None."""
         if ctx is None or not self.cfg.ctx_query_pos:
             return None
-        r, C = self.ctx_row.value.shape
-        return (self.ctx_row.value[:, None, :] + self.ctx_col.value[None, :, :]).reshape(r * r, C)
+        r, C = self.ctx_row[...].shape
+        return (self.ctx_row[...][:, None, :] + self.ctx_col[...][None, :, :]).reshape(r * r, C)
 
     def _encode(self, x, emb, text, ctx, probe=None, q_pos=None):
         """The down-sampling encoder: returns the lowest-resolution feature map and the skips (the first skip is the
@@ -260,7 +260,7 @@ class InstructImagen(nnx.Module):
         emb = self._embed(jnp.zeros((B * cfg.K,), jnp.float32), text)                # clean: t = 0
         feat, _ = self._encode(ctx_image.reshape(B * cfg.K, R, R, 3), emb, text, ctx=None)   # [B*K, h, w, C]
         _, h, w, C = feat.shape
-        tok = self.ctx_norm(feat) + self.ctx_row.value[:, None, :] + self.ctx_col.value[None, :, :]
+        tok = self.ctx_norm(feat) + self.ctx_row[...][:, None, :] + self.ctx_col[...][None, :, :]
         if cfg.ctx_patch:
             # cfg.ctx_patch (the kit's addition): the bottleneck keeps little of a reference's colours (a linear
             # probe finds a training subject from the shipped model's subject-weighted tokens 33 % of the time, from
@@ -268,7 +268,7 @@ class InstructImagen(nnx.Module):
             p = R // h
             patch = ctx_image.reshape(B * cfg.K, h, p, w, p, 3).transpose(0, 1, 3, 2, 4, 5)
             tok = tok + self.ctx_patch(patch.reshape(B * cfg.K, h, w, -1).astype(_dtype(cfg))).astype(jnp.float32)
-        tok = tok.reshape(B, cfg.K, h * w, C) + self.ctx_slot.value[None, :, None, :]
+        tok = tok.reshape(B, cfg.K, h * w, C) + self.ctx_slot[...][None, :, None, :]
         mask = jnp.broadcast_to(ctx_mask.astype(bool)[:, :, None], (B, cfg.K, h * w))
         return ContextFeatures(tok.reshape(B, cfg.K * h * w, C), mask.reshape(B, cfg.K * h * w))
 
@@ -342,7 +342,7 @@ def grow(model: InstructImagen, rngs: nnx.Rngs | None = None, **changes) -> Inst
     nnx.update(new, nnx.state(model))                # a partial state: only the shared paths are replaced
     if cfg.ctx_patch and not model.cfg.ctx_patch and model.cfg.use_context:
         # patches into a trained branch: the branch's outputs are live, so only a zero patch kernel keeps identity
-        new.ctx_patch.kernel.value = jnp.zeros_like(new.ctx_patch.kernel.value)
+        new.ctx_patch.kernel[...] = jnp.zeros_like(new.ctx_patch.kernel[...])
     return new
 
 
@@ -355,7 +355,7 @@ def _leaves_with_paths(model):
     state = nnx.state(model, nnx.Param)
     flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
     for path, leaf in flat:
-        yield tuple(str(p) for p in path), (leaf.value if hasattr(leaf, "value") else leaf)
+        yield tuple(str(p) for p in path), (leaf.get_value() if hasattr(leaf, "get_value") else getattr(leaf, "value", leaf))
 
 
 def param_count(model_or_cfg) -> int:
