@@ -213,9 +213,14 @@ def parse_overrides(text: str) -> dict:
 
 def load_any(path: str):
     """(model, tokenizer, meta) from an exported checkpoint folder, or a training workdir: its export if the run has
-    finished, else the EMA weights of its latest checkpoint (to look at a run while it trains)."""
+    finished, else the EMA weights of its latest checkpoint (to look at a run while it trains). A run resumed with a
+    larger --steps keeps its old export until it ends: a checkpoint past the export's step wins."""
     p = Path(path)
     if (p / "export").is_dir():
+        ckpts = [int(d.name) for d in (p / "checkpoints").glob("*") if d.name.isdigit()]  # orbax tmp dirs skipped
+        exported = json.loads((p / "export" / "config.json").read_text()).get("meta", {}).get("steps", 0)
+        if max(ckpts, default=0) > exported:
+            return load_latest_ema(p)
         return ckpt_lib.load_model(p / "export")
     if (p / "checkpoints").is_dir() and not (p / "config.json").exists():
         return load_latest_ema(p)

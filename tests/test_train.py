@@ -168,6 +168,25 @@ def test_wrong_config_checkpoint_is_a_clear_error(chain):
                           batch_size=8), progress=False)
 
 
+def test_a_workdir_resumed_past_its_export_loads_its_latest_checkpoint(chain, tmp_path):
+    """A finished run resumed with a larger --steps still holds its old export until it ends (or if it is killed):
+    load_any gives the newer checkpoint's EMA, not the stale export."""
+    import shutil
+
+    from iimagen.train import load_any
+
+    root, out = chain
+    work = tmp_path / "s0"
+    shutil.copytree(root / "s0", work)
+    train(TrainConfig(stage=0, workdir=str(work), override=MICRO + ",input_skip=false", batch_size=8, workers=0,
+                      steps=out[0]["steps"] + 1, ckpt_every=1), progress=False)
+    assert load_any(work)[2]["steps"] == out[0]["steps"] + 1 and "from_checkpoint" not in load_any(work)[2]
+    shutil.rmtree(work / "export")
+    shutil.copytree(root / "s0" / "export", work / "export")        # as if killed after its last checkpoint
+    meta = load_any(work)[2]
+    assert meta["steps"] == out[0]["steps"] + 1 and meta["from_checkpoint"]
+
+
 def test_resume_on_other_data_warns_and_goes_on(chain, tmp_path, monkeypatch):
     """A resumed run whose data differ from its checkpoint's (here: a kit whose examples changed since the run began;
     test_data.py shows the fingerprint telling real data apart) says so and trains on; resuming again on the same
