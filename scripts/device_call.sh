@@ -15,7 +15,7 @@
 # too: every run after stage 0 scales its context branch's updates by X (README, "A faster context branch").
 # TWO_READERS=S (seconds, default 0) goes there too: the two-reader model built from this call's single_subject and
 # stage1, then S s of the mixture at one learning rate (README, "Two readers on the specialist's encoder"; e.g.
-# TWO_READERS=180 CTX_LR=10 BENCH_S=0: the specialist reads subjects sooner at X = 10, the two-reader run keeps X = 1).
+# TWO_READERS=180 BENCH_S=0; with CTX_LR=10 the earlier runs train at X = 10, the two-reader run keeps X = 1).
 # CALL_S (default 585) is when everything must be packed, counted from the start. The shipped chain came from the
 # training half of this script (run first, then the benchmark, which ran out of time), i.e.
 #   STAGE0=data/checkpoints/stage0-tiny SINGLE="..." TAR_TO=/tmp/tars DEADLINE=$((T0+440)) MARGIN=90 \
