@@ -218,7 +218,7 @@ def load_any(path: str):
     p = Path(path)
     if (p / "export").is_dir():
         ckpts = [int(d.name) for d in (p / "checkpoints").glob("*") if d.name.isdigit()]  # orbax tmp dirs skipped
-        exported = json.loads((p / "export" / "config.json").read_text()).get("meta", {}).get("steps", 0)
+        exported = ckpt_lib.read_config(p / "export")[1].get("steps", 0)
         if max(ckpts, default=0) > exported:
             return load_latest_ema(p)
         return ckpt_lib.load_model(p / "export")

@@ -180,7 +180,8 @@ def test_a_workdir_resumed_past_its_export_loads_its_latest_checkpoint(chain, tm
     shutil.copytree(root / "s0", work)
     train(TrainConfig(stage=0, workdir=str(work), override=MICRO + ",input_skip=false", batch_size=8, workers=0,
                       steps=out[0]["steps"] + 1, ckpt_every=1), progress=False)
-    assert load_any(work)[2]["steps"] == out[0]["steps"] + 1 and "from_checkpoint" not in load_any(work)[2]
+    meta = load_any(work)[2]
+    assert meta["steps"] == out[0]["steps"] + 1 and "from_checkpoint" not in meta
     shutil.rmtree(work / "export")
     shutil.copytree(root / "s0" / "export", work / "export")        # as if killed after its last checkpoint
     meta = load_any(work)[2]

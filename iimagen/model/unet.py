@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from iimagen.checkpoint import _val as variable_value
 from iimagen.configs import ModelConfig, get_config
 from .layers import Attention, Downsample, ResBlock, Upsample, module_list, sinusoidal_embedding
 from .text import TextEncoder, TextFeatures
@@ -355,7 +356,7 @@ def _leaves_with_paths(model):
     state = nnx.state(model, nnx.Param)
     flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
     for path, leaf in flat:
-        yield tuple(str(p) for p in path), (leaf.get_value() if hasattr(leaf, "get_value") else getattr(leaf, "value", leaf))
+        yield tuple(str(p) for p in path), variable_value(leaf)
 
 
 def param_count(model_or_cfg) -> int:
