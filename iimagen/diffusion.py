@@ -192,6 +192,11 @@ class Guidance:
       (empty text + all-False ctx_mask, the data pipeline's 10 % "drop both").
     - separate scales (`context_scale=w_c`, Re-Imagen's idea): with v_t = text only (context dropped),
       v = v_u + w (v_t - v_u) + w_c (v_c - v_t). With w_c = w this is plain CFG.
+    - per-reference scales (`references={i: w_i}`, the kit's extension, not in the paper): a scale for one context
+      item [ref#i] on top of either form above. With v_{c-i} = everything but [ref#i] (its slot masked, the text
+      unchanged), v += (w_i - w_c) (v_c - v_{c-i}) for each such i, where w_c is the context scale (w in plain CFG).
+      It pushes along what [ref#i] adds *given the other items*, e.g. a subject under a control map that already fixes
+      the layout. Each reference costs one more branch; w_i = w_c adds nothing (the term is 0).
     - `oscillate=True`: the paper's recipe (App. A.2.2), "alternating between a guidance at the scale of 25.0 and no
       guidance every consecutive step": guided on even steps (0, 2, ...), the conditional branch alone on odd steps,
       which then costs a single forward pass.
@@ -202,12 +207,25 @@ class Guidance:
     scale: float = 25.0
     context_scale: float | None = None
     oscillate: bool = True
+    references: tuple = ()  # ((i, w_i), ...) sorted by i (1 = [ref#1]); a dict {i: w_i} is accepted
 
     def __post_init__(self):
         for name in ("scale", "context_scale"):
             val = getattr(self, name)
             if val is not None and (not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0):
                 raise DiffusionError(f"Guidance.{name}={val!r} must be a finite number >= 0 (1.0 = no guidance)")
+        refs = self.references
+        pairs = list(refs.items()) if isinstance(refs, dict) else list(refs or ())
+        out = {}
+        for pair in pairs:
+            i, w = pair if isinstance(pair, (tuple, list)) and len(pair) == 2 else (None, None)
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 1 or i in out:
+                raise DiffusionError(f"Guidance.references={refs!r}: give each reference number once, as "
+                                     "{i: w_i} with i >= 1 ([ref#1] is 1)")
+            if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise DiffusionError(f"Guidance.references[{i}]={w!r} must be a finite number >= 0")
+            out[int(i)] = float(w)
+        object.__setattr__(self, "references", tuple(sorted(out.items())))
 
     @classmethod
     def paper(cls) -> "Guidance":
@@ -215,23 +233,28 @@ class Guidance:
         return cls(25.0, None, True)
 
     @classmethod
-    def cfg(cls, scale: float, oscillate: bool = False) -> "Guidance":
-        return cls(float(scale), None, oscillate)
+    def cfg(cls, scale: float, oscillate: bool = False, references=()) -> "Guidance":
+        return cls(float(scale), None, oscillate, references)
 
     @classmethod
-    def separate(cls, text_scale: float, context_scale: float, oscillate: bool = False) -> "Guidance":
-        return cls(float(text_scale), float(context_scale), oscillate)
+    def separate(cls, text_scale: float, context_scale: float, oscillate: bool = False, references=()) -> "Guidance":
+        return cls(float(text_scale), float(context_scale), oscillate, references)
 
     @classmethod
-    def none(cls) -> "Guidance":
-        return cls(1.0, None, False)
+    def none(cls, references=()) -> "Guidance":
+        return cls(1.0, None, False, references)
 
     @property
-    def n_branches(self) -> int:
-        """Forward passes per guided step: 1 (cond), 2 (cond, uncond) or 3 (cond, uncond, text-only)."""
+    def n_base(self) -> int:
+        """Branches of the text/context formula: 1 (cond), 2 (cond, uncond) or 3 (cond, uncond, text-only)."""
         if self.context_scale is not None:
             return 3
         return 1 if self.scale == 1.0 else 2
+
+    @property
+    def n_branches(self) -> int:
+        """Forward passes per guided step: `n_base`, plus one (all context but [ref#i]) per reference scale."""
+        return self.n_base + len(self.references)
 
     def scales_at(self, steps: int) -> np.ndarray:
         """[steps, 2] array of the (text, context) scale used at each step (1 = no guidance), for plots."""
@@ -242,15 +265,23 @@ class Guidance:
         return out
 
 
-def combine(vs, scale, context_scale):
-    """Mix the branch outputs [v_c, v_u(, v_t)] by the guidance formula of `Guidance`."""
-    if len(vs) == 1:
-        return vs[0]
-    if len(vs) == 2:
-        v_c, v_u = vs
-        return v_u + scale * (v_c - v_u)
-    v_c, v_u, v_t = vs
-    return v_u + scale * (v_t - v_u) + context_scale * (v_c - v_t)
+def combine(vs, scale, context_scale, n_base: int | None = None, ref_scales=()):
+    """Mix the branch outputs [v_c, v_u(, v_t), v_{c-i}...] by the guidance formula of `Guidance`: the first `n_base`
+    (default: all) by the text/context formula, then (w_i - w_c) (v_c - v_{c-i}) per reference i. `context_scale`
+    is w_c, which is `scale` itself in plain CFG."""
+    n_base = len(vs) if n_base is None else n_base
+    base, drops = vs[:n_base], vs[n_base:]
+    if n_base == 1:
+        v = base[0]
+    elif n_base == 2:
+        v_c, v_u = base
+        v = v_u + scale * (v_c - v_u)
+    else:
+        v_c, v_u, v_t = base
+        v = v_u + scale * (v_t - v_u) + context_scale * (v_c - v_t)
+    for w_i, v_drop in zip(ref_scales, drops, strict=True):
+        v = v + (w_i - context_scale) * (vs[0] - v_drop)
+    return v
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -263,7 +294,8 @@ CLIP_MODES = ("dynamic", "static", "none")
 class _Plan(NamedTuple):  # everything static about one sampling run (a new plan compiles once)
     sampler: str
     steps: int
-    n_branches: int
+    n_base: int  # Guidance.n_base
+    dropped: tuple  # context slots (0-based) whose per-reference branch drops them, in order
     oscillate: bool
     clip: str
     every: int
@@ -319,18 +351,22 @@ def _normal(keys, step, shape):
     return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape, jnp.float32))(keys)
 
 
-def _encode(model, batch, n_branches):
-    """Text and context features of every guidance branch, concatenated along the batch: [cond, uncond, text-only].
-    Runs once per sample, before the loop (the context features do not depend on the step, design.md)."""
+def _encode(model, batch, n_base, dropped=()):
+    """Text and context features of every guidance branch, concatenated along the batch: [cond, uncond, text-only,
+    then per reference: all context but that slot]. Runs once per sample, before the loop (the context features do
+    not depend on the step, design.md)."""
     ids = jnp.asarray(batch["text_ids"])
     use_ctx = getattr(getattr(model, "cfg", None), "use_context", True) and batch.get("ctx_mask") is not None
     ctx_in = (batch["ctx_image"], batch["ctx_ids"], batch["ctx_mask"]) if use_ctx else None
     branches = [(model.encode_text(ids), model.encode_context(*ctx_in) if use_ctx else None)]
-    if n_branches >= 2:  # unconditional: empty text + no context (zeros in every slot, all-False mask)
+    if n_base >= 2:  # unconditional: empty text + no context (zeros in every slot, all-False mask)
         no_ctx = model.encode_context(*(jnp.zeros_like(a) for a in ctx_in)) if use_ctx else None
         branches.append((model.encode_text(jnp.zeros_like(ids)), no_ctx))
-    if n_branches == 3:  # text only: context dropped
+    if n_base == 3:  # text only: context dropped
         branches.append((branches[0][0], no_ctx))
+    for k in dropped:  # [ref#k+1] masked out, everything else as in the conditional branch
+        img, cids, mask = ctx_in
+        branches.append((branches[0][0], model.encode_context(img, cids, jnp.asarray(mask).at[:, k].set(False))))
     cat = lambda *xs: jnp.concatenate(xs, axis=0)
     text = jax.tree.map(cat, *[b[0] for b in branches])
     ctx = jax.tree.map(cat, *[b[1] for b in branches]) if use_ctx else None
@@ -345,19 +381,20 @@ def _sample_jit(graphdef, state, batch, keys, scales, eta, *, plan: _Plan):
     if hasattr(model, "eval"):
         model.eval()  # deterministic layers (no dropout) while sampling
     B, shape = keys.shape[0], (plan.resolution, plan.resolution, 3)
-    text_all, ctx_all, (text_c, ctx_c) = _encode(model, batch, plan.n_branches)
+    text_all, ctx_all, (text_c, ctx_c) = _encode(model, batch, plan.n_base, plan.dropped)
+    n_branches = plan.n_base + len(plan.dropped)
 
     def guided_v(x, t):  # all branches in one batched forward pass
-        n = plan.n_branches
+        n = n_branches
         v = model.denoise(jnp.concatenate([x] * n), jnp.concatenate([t] * n), text_all, ctx_all)
         vs = jnp.split(v.astype(jnp.float32), n)
-        return combine(vs, scales[0], scales[1]), vs[0]
+        return combine(vs, scales[0], scales[1], plan.n_base, [scales[2 + j] for j in range(len(plan.dropped))]), vs[0]
 
     def cond_v(x, t):
         return model.denoise(x, t, text_c, ctx_c).astype(jnp.float32)
 
     def velocity(k, x, t):
-        if plan.n_branches == 1:
+        if n_branches == 1:
             return cond_v(x, t)
         if not plan.oscillate:
             return guided_v(x, t)[0]
@@ -446,10 +483,18 @@ def sample(model, batch, rng, sampler: str = "ddpm", steps: int | None = None, g
     arrays = {k: jnp.asarray(batch[k]) for k in ("text_ids", "ctx_image", "ctx_ids", "ctx_mask") if k in batch}
     B = arrays["text_ids"].shape[0]
     keys = _split_keys(rng, B)
-    plan = _Plan(sampler, int(steps), guidance.n_branches, bool(guidance.oscillate), clip, int(intermediates_every),
-                 bool(_select), int(R))
+    K = np.shape(arrays["ctx_mask"])[1] if "ctx_mask" in arrays else 0
+    if guidance.references and (K == 0 or not getattr(getattr(model, "cfg", None), "use_context", True)):
+        raise DiffusionError("Guidance.references needs context items, but this model or batch has none; drop the "
+                             "per-reference scales")
+    for i, _ in guidance.references:
+        if i > K:
+            raise DiffusionError(f"Guidance.references names [ref#{i}], but the batch holds {K} context slots; use "
+                                 f"reference numbers 1..{K}")
+    plan = _Plan(sampler, int(steps), guidance.n_base, tuple(i - 1 for i, _ in guidance.references),
+                 bool(guidance.oscillate), clip, int(intermediates_every), bool(_select), int(R))
     scale_c = guidance.scale if guidance.context_scale is None else guidance.context_scale
-    scales = jnp.array([guidance.scale, scale_c], jnp.float32)
+    scales = jnp.array([guidance.scale, scale_c] + [w for _, w in guidance.references], jnp.float32)
     graphdef, state = nnx.split(model)
     x, inter = _sample_jit(graphdef, state, arrays, keys, scales, jnp.float32(eta), plan=plan)
     return (x, inter) if intermediates_every else x

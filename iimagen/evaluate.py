@@ -24,6 +24,7 @@ only where it qualifies (accuracy >= 95 %, `QUALIFY`), otherwise its condition i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from functools import lru_cache
@@ -718,6 +719,8 @@ def generate(gen, examples: list, variant: str | None = None, sampler: str = "dd
         b = model_batch(pad, gen.tokenizer, cfg, variant)
         if not cfg.use_context:
             b = {"text_ids": b["text_ids"]}
+            if guidance is not None and guidance.references:  # no context items to guide by
+                guidance = dataclasses.replace(guidance, references=())
         keys = jax.vmap(lambda k: jax.random.fold_in(root, k))(np.arange(s, s + len(pad), dtype=np.uint32))
         x = diffusion.sample(gen.model, b, keys, sampler=sampler, steps=steps, guidance=guidance, clip=clip)
         out += list(to_uint8(x)[:len(chunk)])
@@ -1053,6 +1056,9 @@ def cli_eval(argv=None) -> int:
     p.add_argument("--guidance", default="paper", help="'paper' (w=25, oscillating), 'none', or a scale w")
     p.add_argument("--context-guidance", type=float, default=None,
                    help="separate context scale w_c (3 branches: v_u + w (v_t - v_u) + w_c (v_c - v_t))")
+    p.add_argument("--reference-guidance", default=None, metavar="I=W[,I=W]",
+                   help="per-reference scales, e.g. '1=3': [ref#1] at 3 (one more branch each; nothing for an "
+                        "example without [ref#I] or a model without context)")
     p.add_argument("--oscillate", action=argparse.BooleanOptionalAction, default=None,
                    help="guidance on every other step (default: on for 'paper', off for a number)")
     p.add_argument("--clip", default="dynamic", help="x0 thresholding while sampling: dynamic (Imagen), static, none")
@@ -1064,7 +1070,7 @@ def cli_eval(argv=None) -> int:
     try:
         from .pipeline import parse_guidance
 
-        guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate)  # a bad value fails before any load
+        guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate, a.reference_guidance)  # a bad value fails before any load
         if a.n < 1:
             raise EvalError(f"--n {a.n}: give at least 1 example per task")
         tasks = a.tasks or list(IN_DOMAIN + ZERO_SHOT)
@@ -1108,7 +1114,8 @@ def cli_eval(argv=None) -> int:
     (out / "table.md").write_text(table_markdown(res) + (context_use_markdown(use) if use else ""))
     (out / "scores.json").write_text(json.dumps({
         "results": res, "context_use": use, "n": a.n, "sampler": a.sampler, "steps": a.steps, "guidance": a.guidance,
-        "context_guidance": a.context_guidance, "oscillate": guidance.oscillate, "clip": a.clip, "seed": a.seed,
+        "context_guidance": a.context_guidance, "reference_guidance": a.reference_guidance,
+        "oscillate": guidance.oscillate, "clip": a.clip, "seed": a.seed,
         "judges": load_judges()["report"]}, indent=1))
     plot_fig4(res, out / "fig4.png")
     print(json.dumps({"out": str(out), "models": list(res), "tasks": len(tasks)}))

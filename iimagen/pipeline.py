@@ -132,22 +132,39 @@ class Generator:
 # ---------------------------------------------------------------------------------------------------------------------
 # `iimagen sample`
 # ---------------------------------------------------------------------------------------------------------------------
-def parse_guidance(text: str, context: float | None = None, oscillate: bool | None = None) -> Guidance:
+def parse_references(text: str | None) -> dict:
+    """`--reference-guidance` words -> {i: w_i}: "1=3" guides [ref#1] at 3; "1=3,2=0.5" two references."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        i, eq, w = part.strip().removeprefix("ref#").partition("=")
+        try:
+            if not eq or int(i) < 1 or int(i) in out:
+                raise ValueError
+            out[int(i)] = float(w)
+        except ValueError:
+            raise GeneratorError(f"--reference-guidance {text!r}: give I=W pairs, comma-separated, with reference "
+                                 "numbers I >= 1 each once, e.g. '1=3' ([ref#1] at scale 3) or '1=3,2=0.5'") from None
+    return out
+
+
+def parse_guidance(text: str, context: float | None = None, oscillate: bool | None = None,
+                   references: str | None = None) -> Guidance:
     """A `Guidance` from the command line's words: `paper` (w = 25, oscillating), `none`, or a number w (plain CFG);
-    `context` gives a separate context scale, `oscillate` turns the paper's every-other-step schedule on or off."""
+    `context` gives a separate context scale, `oscillate` turns the paper's every-other-step schedule on or off,
+    `references` ("1=3,2=0.5") gives per-reference scales."""
+    refs = parse_references(references)
     if text == "paper":
-        if context is not None:
-            return Guidance.separate(25.0, context, oscillate=True if oscillate is None else oscillate)
-        return Guidance() if oscillate in (None, True) else Guidance.cfg(25.0)
+        osc = True if oscillate is None else oscillate
+        return Guidance(25.0, context, osc, refs)
     if text == "none":
-        return Guidance.none()
+        return Guidance(1.0, context, bool(oscillate), refs)
     try:
         w = float(text)
     except ValueError:
         raise GeneratorError(f"--guidance {text!r}: give 'paper' (w=25, oscillating), 'none' or a number") from None
-    if context is not None:
-        return Guidance.separate(w, context, oscillate=bool(oscillate))
-    return Guidance.cfg(w, oscillate=bool(oscillate))
+    return Guidance(w, context, bool(oscillate), refs)
 
 
 def find_instructions(path) -> list[tuple[str, Path]]:
@@ -181,6 +198,8 @@ def cli_sample(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="default: 256 ddpm, 50 ddim, 20 dpm")
     p.add_argument("--guidance", default="paper", help="'paper' (w=25, oscillating), 'none', or a scale w")
     p.add_argument("--context-guidance", type=float, default=None, help="separate context scale (3 branches)")
+    p.add_argument("--reference-guidance", default=None, metavar="I=W[,I=W]",
+                   help="per-reference scales, e.g. '1=3': [ref#1] at 3 (one more branch each)")
     p.add_argument("--oscillate", action=argparse.BooleanOptionalAction, default=None,
                    help="guidance on every other step (default: on for 'paper', off for a number)")
     p.add_argument("--seed", type=int, default=0)
@@ -188,7 +207,7 @@ def cli_sample(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     a = p.parse_args(argv)
     try:
-        guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate)
+        guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate, a.reference_guidance)
         named = find_instructions(a.instruction)
         instructions = [Instruction.load(path) for _, path in named]
         gen = Generator.load(a.checkpoint)

@@ -13,8 +13,9 @@ What the widget does, top to bottom:
   for you (`[ref#k]`, shown beside each context); removing context k renumbers the later markers in the text and
   turns `[ref#k]` itself into `[ref#?]`, which the validation then asks you to fix.
 - **Preview**: the instruction drawn like the paper's Fig. 2 (`Instruction.draw`), with validation messages inline.
-- **Settings**: sampler (ddim / dpm / ddpm), steps, guidance scale (text) and, optionally, a separate context scale,
-  oscillating guidance (App. A.2.2), seed, number of images. Image j uses seed `seed + j`.
+- **Settings**: sampler (ddim / dpm / ddpm), steps, guidance scale (text) and, optionally, a separate context scale
+  and per-reference scales ("1=3": [ref#1] at 3, `diffusion.Guidance.references`), oscillating guidance (App. A.2.2),
+  seed, number of images. Image j uses seed `seed + j`.
 - **Generate / Stop**: images are made one at a time (each is one compiled sampling call), so Stop acts *between*
   images; completed images are kept. In Jupyter (Lab or classic) generation runs in a background thread so the Stop
   button is heard. Colab does not show widget updates made from a background thread (googlecolab/colabtools#3373),
@@ -206,6 +207,9 @@ class Composer:
                                    layout=lay("180px"))
         self.context_scale = W.BoundedFloatText(value=5.0, min=0.0, max=1000.0, step=0.5, description="context w",
                                                 disabled=True, layout=lay("180px"))
+        self.references = W.Text(value="", placeholder="e.g. 1=3", description="per-ref w",
+                                 tooltip="per-reference guidance: I=W pairs, e.g. '1=3' guides [ref#1] at 3",
+                                 layout=lay("180px"))
         self.oscillate = W.Checkbox(value=True, description="oscillating guidance", indent=False,
                                     layout=lay("180px"))
         self.clip = W.Dropdown(options=["dynamic", "static", "none"], value="dynamic", description="x0 clip",
@@ -227,7 +231,7 @@ class Composer:
             h(f"2. Context (up to {self.K} for this model)"), W.HBox([src, self.source_preview]), self.context_box,
             self.message, self.preview,
             h("3. Settings"), W.HBox([self.sampler, self.steps, self.seed, self.num_images]),
-            W.HBox([self.scale, self.separate, self.context_scale, self.oscillate, self.clip]),
+            W.HBox([self.scale, self.separate, self.context_scale, self.references, self.oscillate, self.clip]),
             W.HBox([self.generate_button, self.stop_button, self.progress, self.status]),
             h("Results"), self.results_box, W.HBox([self.save_dir, self.save_button]),
             h("History"), self.history_box,
@@ -466,10 +470,11 @@ class Composer:
         return {"sampler": self.sampler.value, "steps": int(self.steps.value), "scale": float(self.scale.value),
                 "context_scale": float(self.context_scale.value) if self.separate.value else None,
                 "oscillate": bool(self.oscillate.value), "seed": int(self.seed.value),
-                "num_images": int(self.num_images.value), "clip": self.clip.value}
+                "num_images": int(self.num_images.value), "clip": self.clip.value,
+                "references": self.references.value.strip()}
 
     def set_settings(self, s: dict):
-        for name in ("sampler", "steps", "scale", "oscillate", "seed", "num_images", "clip"):
+        for name in ("sampler", "steps", "scale", "oscillate", "seed", "num_images", "clip", "references"):
             if name in s:
                 getattr(self, name).value = s[name]
         self.separate.value = s.get("context_scale") is not None
@@ -479,8 +484,9 @@ class Composer:
     @staticmethod
     def guidance(s: dict):
         from .diffusion import Guidance
+        from .pipeline import parse_references
 
-        return Guidance(s["scale"], s["context_scale"], s["oscillate"])
+        return Guidance(s["scale"], s["context_scale"], s["oscillate"], parse_references(s.get("references")))
 
     # ------------------------------------------------------------------------------------------------- generate
     def generate(self, wait: bool = True) -> Run | None:
@@ -574,7 +580,8 @@ class Composer:
         W = self.W
         run = self.history[i - 1]
         s = run.settings
-        cs = "" if s["context_scale"] is None else f", context w={s['context_scale']}"
+        cs = ("" if s["context_scale"] is None else f", context w={s['context_scale']}") + (
+            f", per-ref {s['references']}" if s.get("references") else "")
         desc = (f"<b>run {i}</b>: {s['sampler']} x{s['steps']}, w={s['scale']}{cs}, "
                 f"{'oscillating' if s['oscillate'] else 'constant'}, seed {s['seed']}, "
                 f"{len(run.images)}/{s['num_images']} image(s){' (stopped)' if run.stopped else ''}<br>"
@@ -653,6 +660,7 @@ class Composer:
         s = r.settings
         fig.suptitle("\n".join(textwrap.wrap(r.instruction.text, 110)) + f"\n[{s['sampler']} x{s['steps']}, "
                      f"w={s['scale']}{'' if s['context_scale'] is None else ', context w=' + str(s['context_scale'])}"
+                     f"{', per-ref ' + s['references'] if s.get('references') else ''}"
                      f"{', oscillating' if s['oscillate'] else ''}]", fontsize=8)
         fig.tight_layout()
         return fig

@@ -208,6 +208,46 @@ def test_combine_formulas():
     assert float(D.combine([vc, vu, vt], 4.0, 4.0)) == float(D.combine([vc, vu], 4.0, 4.0))
 
 
+def test_reference_scales_formula_and_validation():
+    vc, vu, vt, v_no1, v_no2 = (jnp.array(x) for x in (3.0, 1.0, 2.0, 2.5, 0.5))
+    # plain CFG (w_c = w = 4) + [ref#1] at 6: (6 - 4) (v_c - v_{c-1}) on top
+    assert float(D.combine([vc, vu, v_no1], 4.0, 4.0, 2, [6.0])) == 1 + 4 * 2 + 2 * 0.5
+    # separate scales, two references; a reference at w_c adds nothing
+    assert float(D.combine([vc, vu, vt, v_no1, v_no2], 2.0, 5.0, 3, [5.0, 1.0])) == 1 + 2 + 5 - 4 * 2.5
+    # no base guidance (w = 1): the conditional branch pushed away from "all but [ref#1]"
+    assert float(D.combine([vc, v_no1], 1.0, 1.0, 1, [3.0])) == 3 + 2 * 0.5
+    g = D.Guidance.separate(1.0, 2.0, references={2: 4, 1: 3.0})
+    assert g.references == ((1, 3.0), (2, 4.0)) and g.n_base == 3 and g.n_branches == 5
+    assert D.Guidance.none(references={1: 2}).n_branches == 2 and hash(g)  # frozen, hashable, normalised
+    for bad in ({0: 2.0}, {1: -1.0}, {1: float("nan")}, ((1, 2.0), (1, 3.0)), {"1": 2.0}):
+        with pytest.raises(D.DiffusionError, match="references"):
+            D.Guidance(references=bad)
+
+
+def test_reference_guidance_pushes_along_one_slot_only():
+    m, b = Toy(), make_batch()
+    kw = dict(sampler="ddim", steps=4)
+    base = _run(m, b, guidance=D.Guidance.cfg(2.0), **kw)
+    # w_i = w_c: the extra branch adds exactly nothing
+    np.testing.assert_allclose(_run(m, b, guidance=D.Guidance.cfg(2.0, references={2: 2.0}), **kw), base, atol=1e-5)
+    pushed = _run(m, b, guidance=D.Guidance.cfg(2.0, references={2: 6.0}), **kw)
+    # make_batch fills slot 2 for example 0 only: the others have no [ref#2] to push along, so they do not move
+    np.testing.assert_allclose(pushed[1:], base[1:], atol=1e-5)
+    assert np.abs(pushed[0] - base[0]).max() > 1e-2
+    # the extra branch is the conditional one with that slot masked, all in one batched pass
+    bb = {k: jnp.asarray(v) for k, v in b.items()}
+    text_all, ctx_all, _ = D._encode(m, bb, 2, (1,))
+    x, t = jnp.asarray(np.random.default_rng(1).normal(size=(3, R, R, 3)), jnp.float32), jnp.full((3,), 0.4)
+    v_all = m.denoise(jnp.concatenate([x] * 3), jnp.concatenate([t] * 3), text_all, ctx_all)
+    mask = b["ctx_mask"].copy()
+    mask[:, 1] = False
+    np.testing.assert_allclose(v_all[6:], m(x, t, b["text_ids"], b["ctx_image"], b["ctx_ids"], mask), atol=1e-5)
+    with pytest.raises(D.DiffusionError, match=r"\[ref#3\].*1\.\.2"):
+        _run(m, b, guidance=D.Guidance.cfg(2.0, references={3: 2.0}), **kw)
+    with pytest.raises(D.DiffusionError, match="needs context items"):
+        _run(Toy(use_context=False), b, guidance=D.Guidance.none(references={1: 2.0}), **kw)
+
+
 def _run(model, b, **kw):
     kw.setdefault("clip", "static")
     return np.asarray(D.sample(model, b, jax.random.PRNGKey(0), **kw))

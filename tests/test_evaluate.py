@@ -191,6 +191,14 @@ def test_cli_eval_writes_table_and_groups_single_task(tmp_path, monkeypatch):
     assert "Subject identity" in (tmp_path / "o3" / "table.md").read_text()
     assert "Subject identity" not in table  # no subject task was scored there
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o4"), "--context-guidance", "-1"]) == 2
+    # per-reference scales: one more branch for [ref#1], recorded with the scores; a malformed spec is refused
+    guided.clear()
+    assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o5"), "--n", "1", "--tasks", "subject",
+                       "--guidance", "1", "--context-guidance", "7", "--reference-guidance", "1=3"]) == 0
+    assert guided == [Guidance.separate(1.0, 7.0, references={1: 3.0})] and guided[0].n_branches == 4
+    assert json.loads((tmp_path / "o5" / "scores.json").read_text())["reference_guidance"] == "1=3"
+    for bad in ("1", "0=2", "1=x", "1=2,1=3"):
+        assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o6"), "--reference-guidance", bad]) == 2
 
 
 def test_cli_eval_names_runs_by_their_folder_and_never_merges_two_models(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 from flax import nnx
 
 from iimagen import checkpoint as C
@@ -154,3 +155,25 @@ def test_cli_sample(exported, tmp_path, capsys):
     rc = cli_sample(["--checkpoint", str(tmp_path / "nope"), "--instruction", str(tmp_path / "ins"), "--out",
                      str(tmp_path / "out")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+    # [ref#2] (the style image) guided at 4: the text-only instruction n0 is unchanged, n1 (which has one) moves
+    rc = cli_sample(["--checkpoint", str(exported), "--instruction", str(tmp_path / "ins"), "--out",
+                     str(tmp_path / "ref"), "--sampler", "ddim", "--steps", "2", "--guidance", "none", "--num", "2",
+                     "--batch-size", "3", "--reference-guidance", "2=4"])
+    assert rc == 0
+    png = lambda d, n: np.asarray(Image.open(tmp_path / d / n), np.int16)
+    assert np.array_equal(png("ref", "n0_0.png"), png("out", "n0_0.png"))
+    assert np.abs(png("ref", "n1_0.png") - png("out", "n1_0.png")).max() > 0
+    rc = cli_sample(["--checkpoint", str(exported), "--instruction", str(tmp_path / "ins"), "--out",
+                     str(tmp_path / "bad"), "--reference-guidance", "ref#2"])
+    assert rc == 2 and "I=W pairs" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_parse_guidance():
+    from iimagen.pipeline import parse_guidance
+
+    assert parse_guidance("paper") == Guidance.paper() and parse_guidance("none") == Guidance.none()
+    assert parse_guidance("2", 5.0) == Guidance.separate(2.0, 5.0)
+    assert parse_guidance("none", 3.0, None, "ref#1=2, 2=0.5") == Guidance.separate(1.0, 3.0, False, {1: 2, 2: 0.5})
+    for bad in ("2", "x=1", "1=", "0=1"):
+        with pytest.raises(GeneratorError, match="reference-guidance"):
+            parse_guidance("none", None, None, bad)

@@ -190,6 +190,20 @@ def test_generate_shows_results_save_and_history_restore(comp, tmp_path):
     direct_none = comp.generator.generate(comp.instruction(), sampler="ddim", steps=2, guidance=comp.guidance(
         comp.settings()), seed=8, clip="none", progress=False)[0]
     assert np.array_equal(run.images[0], direct_none) and not np.array_equal(run.images[0], direct)
+    # per-reference guidance: [ref#1] at 4 reaches the sampler (one more branch), is kept with the run, and a
+    # malformed field is refused with the fix named and nothing generated
+    comp.references.value = "1=4"
+    g = comp.guidance(comp.settings())
+    assert g.references == ((1, 4.0),) and g.n_branches == g.n_base + 1
+    run = comp.generate()
+    direct_ref = comp.generator.generate(comp.instruction(), sampler="ddim", steps=2, guidance=g, seed=8,
+                                         clip="none", progress=False)[0]
+    assert np.array_equal(run.images[0], direct_ref) and not np.array_equal(run.images[0], direct_none)
+    assert run.settings["references"] == "1=4" and "per-ref 1=4" in comp.history_box.children[0].children[0].value
+    comp.references.value = "ref#1"
+    n_runs = len(comp.history)
+    assert comp.generate() is None and "I=W pairs" in comp.message.value and len(comp.history) == n_runs
+    comp.references.value = ""
     comp.clear()
     comp.clip.value = "dynamic"
 
