@@ -1070,7 +1070,8 @@ def cli_eval(argv=None) -> int:
     try:
         from .pipeline import parse_guidance
 
-        guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate, a.reference_guidance)  # a bad value fails before any load
+        # a bad value fails before any load
+        guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate, a.reference_guidance)
         if a.n < 1:
             raise EvalError(f"--n {a.n}: give at least 1 example per task")
         tasks = a.tasks or list(IN_DOMAIN + ZERO_SHOT)

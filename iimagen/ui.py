@@ -207,9 +207,8 @@ class Composer:
                                    layout=lay("180px"))
         self.context_scale = W.BoundedFloatText(value=5.0, min=0.0, max=1000.0, step=0.5, description="context w",
                                                 disabled=True, layout=lay("180px"))
-        self.references = W.Text(value="", placeholder="e.g. 1=3", description="per-ref w",
-                                 tooltip="per-reference guidance: I=W pairs, e.g. '1=3' guides [ref#1] at 3",
-                                 layout=lay("180px"))
+        self.references = W.Text(value="", placeholder="I=W, e.g. 1=3", description="per-ref w",
+                                 layout=lay("180px"))  # per-reference guidance: '1=3' guides [ref#1] at 3
         self.oscillate = W.Checkbox(value=True, description="oscillating guidance", indent=False,
                                     layout=lay("180px"))
         self.clip = W.Dropdown(options=["dynamic", "static", "none"], value="dynamic", description="x0 clip",
