@@ -364,9 +364,9 @@ def _encode(model, batch, n_base, dropped=()):
         branches.append((model.encode_text(jnp.zeros_like(ids)), no_ctx))
     if n_base == 3:  # text only: context dropped
         branches.append((branches[0][0], no_ctx))
-    for k in dropped:  # [ref#k+1] masked out, everything else as in the conditional branch
-        img, cids, mask = ctx_in
-        branches.append((branches[0][0], model.encode_context(img, cids, jnp.asarray(mask).at[:, k].set(False))))
+    if dropped:  # per reference: [ref#k+1] masked out, everything else as in the conditional branch
+        img, cids, mask = ctx_in[0], ctx_in[1], jnp.asarray(ctx_in[2])
+        branches += [(branches[0][0], model.encode_context(img, cids, mask.at[:, k].set(False))) for k in dropped]
     cat = lambda *xs: jnp.concatenate(xs, axis=0)
     text = jax.tree.map(cat, *[b[0] for b in branches])
     ctx = jax.tree.map(cat, *[b[1] for b in branches]) if use_ctx else None
@@ -388,7 +388,7 @@ def _sample_jit(graphdef, state, batch, keys, scales, eta, *, plan: _Plan):
         n = n_branches
         v = model.denoise(jnp.concatenate([x] * n), jnp.concatenate([t] * n), text_all, ctx_all)
         vs = jnp.split(v.astype(jnp.float32), n)
-        return combine(vs, scales[0], scales[1], plan.n_base, [scales[2 + j] for j in range(len(plan.dropped))]), vs[0]
+        return combine(vs, scales[0], scales[1], plan.n_base, scales[2:]), vs[0]  # scales[2:]: one per reference
 
     def cond_v(x, t):
         return model.denoise(x, t, text_c, ctx_c).astype(jnp.float32)

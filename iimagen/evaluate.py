@@ -711,6 +711,8 @@ def generate(gen, examples: list, variant: str | None = None, sampler: str = "dd
 
     variant = variant or model_variant(gen)
     cfg = gen.cfg
+    if not cfg.use_context and guidance is not None and guidance.references:  # no context items to guide by
+        guidance = dataclasses.replace(guidance, references=())
     out = []
     root = jax.random.PRNGKey(seed)
     for s in range(0, len(examples), batch_size):
@@ -719,8 +721,6 @@ def generate(gen, examples: list, variant: str | None = None, sampler: str = "dd
         b = model_batch(pad, gen.tokenizer, cfg, variant)
         if not cfg.use_context:
             b = {"text_ids": b["text_ids"]}
-            if guidance is not None and guidance.references:  # no context items to guide by
-                guidance = dataclasses.replace(guidance, references=())
         keys = jax.vmap(lambda k: jax.random.fold_in(root, k))(np.arange(s, s + len(pad), dtype=np.uint32))
         x = diffusion.sample(gen.model, b, keys, sampler=sampler, steps=steps, guidance=guidance, clip=clip)
         out += list(to_uint8(x)[:len(chunk)])

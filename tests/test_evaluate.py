@@ -347,3 +347,18 @@ def test_subject_probe_finds_identity_in_pixels_and_in_tokens_that_carry_them():
     assert res["chance"] == 1 / len(W.TRAIN_SUBJECTS)
     assert res["pixels_subject"] > 10 * res["chance"]
     assert res["tokens_subject"] > 5 * res["chance"] and res["tokens_mean"] < 0.5 * res["tokens_subject"]
+
+
+def test_generate_drops_reference_scales_for_a_model_without_context():
+    # a baseline without the context branch has no [ref#i] to guide by: the same images as without the scales
+    from iimagen.checkpoint import random_model
+    from iimagen.configs import get_config
+    from iimagen.diffusion import Guidance
+    from iimagen.pipeline import Generator
+    from iimagen.tokenizer import load_tokenizer
+
+    gen = Generator(random_model(get_config("tiny", use_context=False)), load_tokenizer(), {})
+    ex = T.sample("subject", 2, 0, 32, split="test")
+    plain = E.generate(gen, ex, steps=1, guidance=Guidance.none())
+    guided = E.generate(gen, ex, steps=1, guidance=Guidance.none(references={1: 3.0}))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, guided))
