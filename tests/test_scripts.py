@@ -1,5 +1,5 @@
 """scripts/ship_runs.py: what a model card says about where and beside what a run trained comes from runs.log;
-scripts/two_readers.py: which weights the models it builds take from which model."""
+experiments/two_readers.py: which weights the models it builds take from which model."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 
-def _script(name: str):
-    """scripts/NAME.py as a module (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+def _script(name: str, folder: str = "scripts"):
+    """FOLDER/NAME.py as a module (scripts/ and experiments/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -63,7 +63,7 @@ def test_two_readers_keeps_the_mixture_model_and_takes_the_specialists_reader():
     from iimagen.checkpoint import _flat_params, random_model
     from iimagen.configs import get_config
 
-    tr = _script("two_readers")
+    tr = _script("two_readers", "experiments")
     cfg = get_config("tiny")
     mix, specialist = random_model(cfg, seed=1), random_model(cfg, seed=2)
     both = tr.two_readers(mix, specialist)

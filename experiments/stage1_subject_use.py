@@ -1,6 +1,6 @@
-"""Does a model read a subject from its stage-1 neighbours? (README, "Stage 1 and subjects".)
+"""Does a model read a subject from its stage-1 neighbours? (docs/experiments/2026-12-01-stage1-subjects.md)
 
-    python scripts/stage1_subject_use.py CKPT [CKPT ...] [--n 64] [--also edge_to_image depth_to_image ...]
+    python experiments/stage1_subject_use.py CKPT [CKPT ...] [--n 64] [--also edge_to_image depth_to_image ...]
 
 CKPT: an exported checkpoint, or a training workdir (its export, or the EMA of its latest checkpoint while it
 trains). For each it prints one JSON line: the context gain (`evaluate.context_use`: 1 - loss with the

@@ -1,8 +1,8 @@
 """One model with both readers: an aligned (place-to-place) context attention, which reads control maps, and a
 subject specialist's context attention as the second, position-free one (`ctx_content_attn`). Two ways to build it:
 
-    python scripts/two_readers.py MIXTURE_CKPT SPECIALIST_CKPT OUT_DIR
-    python scripts/two_readers.py --new-aligned [--aligned-from STAGE1_CKPT] SPECIALIST_CKPT OUT_DIR
+    python experiments/two_readers.py MIXTURE_CKPT SPECIALIST_CKPT OUT_DIR
+    python experiments/two_readers.py --new-aligned [--aligned-from STAGE1_CKPT] SPECIALIST_CKPT OUT_DIR
 
 The first takes MIXTURE_CKPT (every weight, the context tokens' norm, slot and position codes included) with
 `ctx_content_attn` grown, and sets each block's content attention to SPECIALIST_CKPT's context attention of the same
@@ -21,8 +21,8 @@ takes a trained aligned reader instead, stage 1's, with the position code it was
 0.14-0.49): stage 1 taught it to copy a neighbour place to place, which a fresh reader must still learn.
 
 OUT_DIR is an exported checkpoint: `iimagen train --stage 2 --init OUT_DIR ...` trains on from it, `iimagen eval
---checkpoint OUT_DIR` scores it. (README, "One model for subjects and control maps" and "Two readers on the
-specialist's encoder".)
+--checkpoint OUT_DIR` scores it. (docs/experiments/2026-12-02-one-model-both-readings.md and
+2026-12-06-two-readers.md.)
 """
 from __future__ import annotations
 
@@ -68,8 +68,8 @@ def new_aligned(spec, seed: int = 0, aligned_from=None):
     e.g. stage 1's), with the context's 2-D position code it was trained with; or, without `aligned_from`, one as a
     freshly built model has it (aligned at birth, zero output), with the specialist's position code scaled back to
     its rms at birth (`POS_RMS` per axis), which the new reader's alignment needs. The content reader keeps the
-    specialist's encoder, so it reads on (README: subject gain +5.5 / +4.0 % with stage 1's reader, +7.8 / +4.5 %
-    with a fresh one, against the specialist's +10.2 / +5.6 %)."""
+    specialist's encoder, so it reads on (docs/experiments/2026-12-06-two-readers.md: subject gain +5.5 / +4.0 %
+    with stage 1's reader, +7.8 / +4.5 % with a fresh one, against the specialist's +10.2 / +5.6 %)."""
     if not spec.cfg.ctx_query_pos:
         raise ValueError("two_readers --new-aligned: the specialist has no aligned context attention "
                          "(ctx_query_pos=False), so there is no place reader to renew")
@@ -100,11 +100,11 @@ def main(argv=None):
         src = load_any(a.aligned_from)[0] if a.aligned_from else None
         model = new_aligned(first, aligned_from=src)
         reader = f"{a.aligned_from}'s aligned reader" if a.aligned_from else "a new aligned reader"
-        init = f"{ins[0]} with {reader} (scripts/two_readers.py --new-aligned)"
+        init = f"{ins[0]} with {reader} (experiments/two_readers.py --new-aligned)"
         said = f"{ins[0]}'s context attention as its content attention, and {reader}"
     else:
         model = two_readers(first, load_any(ins[1])[0])
-        init = f"{ins[0]} + content attention from {ins[1]} (scripts/two_readers.py)"
+        init = f"{ins[0]} + content attention from {ins[1]} (experiments/two_readers.py)"
         said = f"{ins[0]} with {ins[1]}'s context attention as its content attention"
     save_model(out, model, {**meta, "init": init}, tokenizer=tok, dtype="float32")
     print(f"{out}: {said}")

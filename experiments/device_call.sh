@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # One call of a time-limited accelerator host (the `device` tool's `run`, OUT = its $OUT): the training benchmark,
 # then stages 1 and 2 of `tiny` with every baseline, packed into at most 4 files under OUT.
-#   bash scripts/device_call.sh   (the host needs jax, flax, optax, orbax; diffusers 0.39 for the benchmark peer)
+#   bash experiments/device_call.sh   (the host needs jax, flax, optax, orbax; diffusers 0.39 for the benchmark peer)
 # Back here: `for t in a b c; do tar xf $t.tar; done; for z in *.tgz; do tar xzf $z; done; tar xf a.tar runs.log`
 # (the last step restores the full runs.log over the runs' snapshots), then `python scripts/ship_runs.py DIR`.
 # BENCH_S (default 300; 0 skips it) is the benchmark's time: compiling `small`'s train step alone took 173 s on an
 # H200 host, so with it one 10-minute call has no time left for the chain (BENCH_S=0 trains the chain alone).
 # ATTACH (default empty) goes to train_shipped.sh: ATTACH="ctx_patch=true,ctx_content_attn=true" trains the chain with
-# the content-reading parts (README, "Content reading"; on a CPU the content attention changed nothing in 2,180 mixture
-# steps, while the `subject` task alone began to read subjects: README, "Stage 1 and subjects"). Either way stage 1 trains on the current stage-1 data (nonce
-# subject names, neighbours found with the foreground block: README, "Stage 1 and subjects"). SUBJECT_FIRST=S (seconds,
-# default 0) goes to train_shipped.sh too: the mixture trained S s from the subject specialist after the side-by-side
-# runs (README, "Subjects first, then the mixture"; e.g. SUBJECT_FIRST=60 BENCH_S=0). CTX_LR=X (default 1) goes there
-# too: every run after stage 0 scales its context branch's updates by X (README, "A faster context branch").
-# TWO_READERS=S (seconds, default 0) goes there too: the two-reader model built from this call's single_subject and
-# stage1, then S s of the mixture at one learning rate (README, "Two readers on the specialist's encoder"; e.g.
-# TWO_READERS=180 BENCH_S=0; with CTX_LR=10 the earlier runs train at X = 10, the two-reader run keeps X = 1).
+# the content-reading parts (docs/experiments/2026-12-01-content-reading.md; on a CPU the content attention changed
+# nothing in 2,180 mixture steps, while the `subject` task alone began to read subjects:
+# docs/experiments/2026-12-01-subject-task-alone.md). Either way stage 1 trains on the current stage-1 data (nonce
+# subject names, neighbours found with the foreground block: docs/experiments/2026-12-01-stage1-subjects.md).
+# SUBJECT_FIRST=S (seconds, default 0) goes to train_shipped.sh too: the mixture trained S s from the subject
+# specialist after the side-by-side runs (docs/experiments/2026-12-01-subjects-first.md; e.g. SUBJECT_FIRST=60
+# BENCH_S=0). CTX_LR=X (default 1) goes there too: every run after stage 0 scales its context branch's updates by X
+# (docs/experiments/2026-12-02-ctx-lr-scale.md). TWO_READERS=S (seconds, default 0) goes there too: the two-reader
+# model built from this call's single_subject and stage1, then S s of the mixture at one learning rate
+# (docs/experiments/2026-12-06-two-readers.md; e.g. TWO_READERS=180 BENCH_S=0; with CTX_LR=10 the earlier runs train
+# at X = 10, the two-reader run keeps X = 1).
 # CALL_S (default 585) is when everything must be packed, counted from the start. The shipped chain came from the
 # training half of this script (run first, then the benchmark, which ran out of time), i.e.
 #   STAGE0=data/checkpoints/stage0-tiny SINGLE="..." TAR_TO=/tmp/tars DEADLINE=$((T0+440)) MARGIN=90 \
