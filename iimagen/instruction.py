@@ -71,8 +71,14 @@ def find_markers(text: str, field: str = "text") -> list[tuple[int, int, int]]:
 def to_rgb_uint8(image, field: str = "image") -> np.ndarray:
     """Any accepted image as a fresh uint8 HxWx3 array.
 
-    Accepted: a numpy (or jax) array HxW, HxWx1, HxWx3 or HxWx4, uint8 or float in [0, 1]; a PIL image; a path to an
-    image file. Grey becomes RGB; RGBA is composited on white.
+    Accepted: a numpy (or jax) array HxW, HxWx1, HxWx3 or HxWx4, uint8, uint16 or float in [0, 1]; a PIL image; a path
+    to an image file. Grey becomes RGB; RGBA is composited on white.
+
+    16-bit images (uint16 arrays, PIL modes I;16 and I, 16-bit PNG/TIFF files: the usual format of depth maps) are
+    scaled by the type's maximum, 65535 -> 255, as 8-bit images are by 255 (a PIL mode-I image must lie in 0..65535).
+    Float images (PIL mode F, float TIFF) must lie in [0, 1], as float arrays do. Other integer arrays (int64...) are
+    refused: their range is unknown. Nothing is clipped: normalise a depth map in metres or millimetres first, e.g.
+    d / d.max().
     """
     if isinstance(image, (str, Path)):
         path = Path(image)
@@ -85,7 +91,16 @@ def to_rgb_uint8(image, field: str = "image") -> np.ndarray:
         except (UnidentifiedImageError, OSError) as e:
             raise InstructionError(f"{field}: {str(path)!r} is not a readable image file (PNG, JPEG...): {e}") from None
     if isinstance(image, Image.Image):
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # 16/32-bit and float grey: read the values
+            image = np.asarray(image)
+            if image.dtype.kind in "ui":  # I;16 (16-bit PNG/TIFF) or I (how some Pillow versions open them)
+                lo, hi = int(image.min()), int(image.max())
+                if lo < 0 or hi > 65535:
+                    raise InstructionError(
+                        f"{field}: 32-bit integer image has values in [{lo}, {hi}]; it is read as 16-bit (0..65535): "
+                        f"scale it first, e.g. np.asarray(im) / np.asarray(im).max() for a float image in [0, 1]")
+                image = image.astype(np.uint16)
+        elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = np.asarray(image.convert("RGBA"))
         else:
             image = np.asarray(image.convert("RGB"))
@@ -104,6 +119,8 @@ def to_rgb_uint8(image, field: str = "image") -> np.ndarray:
     h, w = image.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise InstructionError(f"{field}: image is {h}x{w}; each side must be at least {MIN_SIDE} px")
+    if image.dtype == np.uint16:  # 16-bit full scale, as uint8 / 255
+        image = image.astype(np.float32) / 65535.0
     if image.dtype == np.uint8:
         x = image.astype(np.float32) / 255.0
     elif np.issubdtype(image.dtype, np.floating):
@@ -117,7 +134,7 @@ def to_rgb_uint8(image, field: str = "image") -> np.ndarray:
                 f"(divide uint8-range data by 255, or map [-1, 1] data with (x + 1) / 2)")
     else:
         raise InstructionError(
-            f"{field}: dtype {image.dtype} is not supported; use uint8 (0..255) or float in [0, 1] "
+            f"{field}: dtype {image.dtype} is not supported; use uint8 (0..255), uint16 or float in [0, 1] "
             f"(e.g. image.astype(np.uint8) or image / 255.0)")
     c = x.shape[-1]
     if image.dtype == np.uint8 and c != 4:  # exact: no float round trip
@@ -279,18 +296,36 @@ class Instruction:
                 raise InstructionError(f"{where}: {e}") from None
         return cls(d["text"], tuple(ctxs))
 
-    def save(self, folder) -> Path:
-        """Write `folder/instruction.json` and `folder/context_k.png` per context; returns the JSON path."""
+    def save(self, folder, overwrite: bool = False) -> Path:
+        """Write `folder/instruction.json` and `folder/context_k.png` per context; returns the JSON path.
+
+        A new or empty folder is written directly. A folder that already holds an instruction is replaced only with
+        `overwrite=True`: every file is written under a temporary name and renamed, instruction.json last, and the
+        context_k.png files of the old instruction that the new one lacks are removed (other files are kept). Any
+        other non-empty folder is refused: nothing of the user's is overwritten."""
+        from .paths import atomic_write
+
         folder = Path(folder)
+        if folder.is_file():
+            raise InstructionError(f"Instruction.save: {str(folder)!r} is a file; give a folder")
+        if folder.is_dir() and any(folder.iterdir()):
+            if not (folder / "instruction.json").is_file():
+                raise InstructionError(f"Instruction.save: {str(folder)!r} holds other files; give a new or empty "
+                                       "folder (nothing was written)")
+            if not overwrite:
+                raise InstructionError(f"Instruction.save: {str(folder)!r} already holds an instruction; pass "
+                                       "overwrite=True to replace it, or give a new folder")
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"format": "iimagen.instruction/1", "text": self.text, "contexts": []}
         for k, c in enumerate(self.contexts, start=1):
             name = f"context_{k}.png"
-            Image.fromarray(c.image).save(folder / name)
+            atomic_write(folder / name, lambda p, im=c.image: Image.fromarray(im).save(p, format="PNG"))
             meta["contexts"].append({"text": c.text, "kind": c.kind, "image": name})
-        path = folder / "instruction.json"
-        path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        return path
+        for stale in folder.glob("context_*.png"):
+            if re.fullmatch(r"context_[0-9]+\.png", stale.name) and int(stale.stem[8:]) > len(self.contexts):
+                stale.unlink()
+        text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+        return atomic_write(folder / "instruction.json", lambda p: p.write_text(text))
 
     @classmethod
     def load(cls, path) -> "Instruction":
@@ -372,12 +407,31 @@ def _resize(img: np.ndarray, r: int) -> np.ndarray:
     return img.astype(np.float32) / 127.5 - 1.0
 
 
+def check_fits(instructions: Sequence[Instruction], tokenizer, text_len: int, ctx_text_len: int):
+    """Raise InstructionError when an instruction's text has more than `text_len` tokens, or a context text more
+    than `ctx_text_len`: the model would read it cut, and a lost `[ref#k]` changes the task."""
+    for b, ins in enumerate(instructions):
+        where = f"instruction {b}" if len(instructions) > 1 else "the instruction"
+        n = len(tokenizer.tokens(ins.text))
+        if n > text_len:
+            raise InstructionError(
+                f"{where}: Instruction.text has {n} tokens but the model reads {text_len} (ModelConfig.text_len); "
+                f"shorten it by {n - text_len} tokens (markers are one token each), nothing is cut silently")
+        for k, c in enumerate(ins.contexts, start=1):
+            n = len(tokenizer.tokens(c.text))
+            if n > ctx_text_len:
+                raise InstructionError(
+                    f"{where}: context {k}'s text {c.text!r} has {n} tokens but the model reads {ctx_text_len} "
+                    f"(ModelConfig.ctx_text_len); shorten it by {n - ctx_text_len} tokens")
+
+
 def batch_instructions(instructions: Sequence[Instruction], tokenizer, resolution: int, K: int,
                        text_len: int = 64, ctx_text_len: int = 32) -> dict[str, np.ndarray]:
     """The instruction part of a model batch (docs/contracts.md): `text_ids [B, text_len]`, `ctx_image [B, K, R, R, 3]`
     (float32 in [-1, 1], zeros in empty slots), `ctx_ids [B, K, ctx_text_len]`, `ctx_mask [B, K]`.
 
-    `tokenizer` is `iimagen.tokenizer.load_tokenizer()`. Images are resized (not cropped) to `resolution`.
+    `tokenizer` is `iimagen.tokenizer.load_tokenizer()`. Images are resized (not cropped) to `resolution`. A text
+    longer than `text_len` / `ctx_text_len` tokens is an error (`check_fits`), never cut.
     """
     if isinstance(instructions, Instruction):
         instructions = [instructions]
@@ -387,13 +441,15 @@ def batch_instructions(instructions: Sequence[Instruction], tokenizer, resolutio
                         ("ctx_text_len", ctx_text_len, 1)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
             raise InstructionError(f"batch_instructions: {name}={v!r} must be an int >= {lo}")
+    for b, ins in enumerate(instructions):
+        if not isinstance(ins, Instruction):
+            raise InstructionError(f"batch_instructions: item {b} is a {type(ins).__name__}, not an Instruction")
+    check_fits(instructions, tokenizer, text_len, ctx_text_len)
     B = len(instructions)
     ctx_image = np.zeros((B, K, resolution, resolution, 3), np.float32)
     ctx_ids = np.zeros((B, K, ctx_text_len), np.int32)
     ctx_mask = np.zeros((B, K), bool)
     for b, ins in enumerate(instructions):
-        if not isinstance(ins, Instruction):
-            raise InstructionError(f"batch_instructions: item {b} is a {type(ins).__name__}, not an Instruction")
         if len(ins.contexts) > K:
             raise InstructionError(
                 f"batch_instructions: instruction {b} has {len(ins.contexts)} contexts but the model has K={K} slots; "

@@ -6,6 +6,9 @@
 Instructions are batched `batch_size` at a time; the last batch is padded to the same static shape, so a run
 compiles once per (sampler, steps, guidance structure). Every image has its own random key (seed, index), so an
 image does not depend on the batch size or on its neighbours. Also `cli_sample`, the `iimagen sample` command.
+
+Nothing silent: a model with non-finite weights is refused, an instruction whose text is longer than the model reads
+is an error (never cut), and a sample that comes out NaN/inf is an error instead of a black image.
 """
 from __future__ import annotations
 
@@ -25,6 +28,48 @@ class GeneratorError(ValueError):
     """Bad input to the Generator (instruction, checkpoint, sampler options); the message names the fix."""
 
 
+MAX_STEPS = diffusion.NUM_TRAIN_TIMESTEPS  # the schedule's own grid: more steps add time, not quality
+
+
+def check_sampling(sampler: str, steps: int | None) -> int:
+    """The step count for `sampler` (its default when None), checked: an integer in [1, MAX_STEPS]."""
+    if sampler not in diffusion.SAMPLERS:
+        raise GeneratorError(f"generate: sampler={sampler!r}; use one of {', '.join(diffusion.SAMPLERS)}")
+    steps = diffusion.SAMPLERS[sampler] if steps is None else steps
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
+        raise GeneratorError(f"generate: steps={steps!r} must be an integer in [1, {MAX_STEPS}] (the schedule's "
+                             f"grid; the paper samples with 256); {sampler}'s default is {diffusion.SAMPLERS[sampler]}")
+    return int(steps)
+
+
+def check_instructions(instructions, cfg, tokenizer) -> list:
+    """`instructions` (one or a list) as a list, each an `Instruction` that a model of `cfg` can read whole: no more
+    contexts than its K slots, none for a text-to-image model, texts within `text_len` / `ctx_text_len` tokens."""
+    from .instruction import Instruction, InstructionError, check_fits
+
+    if isinstance(instructions, Instruction):
+        instructions = [instructions]
+    if not isinstance(instructions, (list, tuple)) or not instructions:
+        raise GeneratorError("generate: give an Instruction or a non-empty list of them")
+    how = ("build one with iimagen.Instruction(text, [Context(image, text, kind=...)]) or load a saved one with "
+           "Instruction.load(folder)")
+    for i, ins in enumerate(instructions):
+        if not isinstance(ins, Instruction):
+            raise GeneratorError(f"generate: instructions[{i}] is a {type(ins).__name__}, not an Instruction; {how}")
+        if len(ins.contexts) > cfg.K:
+            raise GeneratorError(
+                f"generate: instructions[{i}] has {len(ins.contexts)} contexts but this model has "
+                f"K={cfg.K} context slots; drop contexts or use a model trained with K >= {len(ins.contexts)}")
+        if ins.contexts and not cfg.use_context:
+            raise GeneratorError(f"generate: instructions[{i}] has contexts but this is a text-to-image model "
+                                 "(cfg.use_context=False); use a stage-1/2 checkpoint or remove the contexts")
+        try:
+            check_fits([ins], tokenizer, cfg.text_len, cfg.ctx_text_len)
+        except InstructionError as e:
+            raise GeneratorError(f"generate: instructions[{i}]: {str(e).split(': ', 1)[1]}") from None
+    return list(instructions)
+
+
 def to_uint8(x) -> np.ndarray:
     """[-1, 1] float -> uint8 [0, 255]."""
     return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
@@ -39,6 +84,12 @@ class Generator:
                                  "Generator.load(checkpoint_dir)")
         if not hasattr(tokenizer, "encode"):
             raise GeneratorError("Generator: tokenizer has no encode(); use iimagen.load_tokenizer()")
+        from .checkpoint import bad_weights, flat_params
+
+        bad = bad_weights(flat_params(model))
+        if bad:
+            raise GeneratorError(f"Generator: the model's weights are damaged ({bad}); it would draw only black "
+                                 "images: load a checkpoint from before its training diverged")
         self.model, self.tokenizer, self.meta = model, tokenizer, dict(meta or {})
         self.cfg = model.cfg
 
@@ -52,27 +103,6 @@ class Generator:
     def __repr__(self):
         c = self.cfg
         return f"Generator({c.name}: {c.resolution} px, K={c.K} context slots, meta={self.meta})"
-
-    def _check(self, instructions) -> list:
-        from .instruction import Instruction
-
-        if isinstance(instructions, Instruction):
-            instructions = [instructions]
-        if not isinstance(instructions, (list, tuple)) or not instructions:
-            raise GeneratorError("generate: give an Instruction or a non-empty list of them")
-        how = ("build one with iimagen.Instruction(text, [Context(image, text, kind=...)]) or load a saved one with "
-               "Instruction.load(folder)")
-        for i, ins in enumerate(instructions):
-            if not isinstance(ins, Instruction):
-                raise GeneratorError(f"generate: instructions[{i}] is a {type(ins).__name__}, not an Instruction; {how}")
-            if len(ins.contexts) > self.cfg.K:
-                raise GeneratorError(
-                    f"generate: instructions[{i}] has {len(ins.contexts)} contexts but this model has "
-                    f"K={self.cfg.K} context slots; drop contexts or use a model trained with K >= {len(ins.contexts)}")
-            if ins.contexts and not self.cfg.use_context:
-                raise GeneratorError(f"generate: instructions[{i}] has contexts but this is a text-to-image model "
-                                     "(cfg.use_context=False); use a stage-1/2 checkpoint or remove the contexts")
-        return list(instructions)
 
     def generate(self, instructions, sampler: str = "ddpm", steps: int | None = None,
                  guidance: Guidance | None = None, seed: int = 0, batch_size: int = 8, num_images: int = 1,
@@ -90,13 +120,11 @@ class Generator:
 
         from .instruction import batch_instructions
 
-        instructions = self._check(instructions)
+        instructions = check_instructions(instructions, self.cfg, self.tokenizer)
         for name, v in (("batch_size", batch_size), ("num_images", num_images), ("seed", seed)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
                 raise GeneratorError(f"generate: {name}={v!r} must be an integer >= {0 if name == 'seed' else 1}")
-        if sampler not in diffusion.SAMPLERS:
-            raise GeneratorError(f"generate: sampler={sampler!r}; use one of {', '.join(diffusion.SAMPLERS)}")
-        steps = diffusion.SAMPLERS[sampler] if steps is None else steps
+        steps = check_sampling(sampler, steps)
         every = 0
         if return_intermediates:
             every = intermediates_every or max(1, int(steps) // 8)
@@ -118,6 +146,13 @@ class Generator:
             except diffusion.DiffusionError as e:
                 raise GeneratorError(f"generate: {e}") from None
             x, inter = out if every else (out, None)
+            x = np.asarray(x)
+            lost = sorted({items[start + b][0] for b in range(len(chunk)) if not np.isfinite(x[b]).all()})
+            if lost:
+                raise GeneratorError(
+                    f"generate: sampling gave NaN/inf for instruction(s) {lost} ({sampler}, {steps} steps, "
+                    f"{guidance or Guidance()}, clip={clip!r}); the weights are finite, so lower the guidance scales "
+                    "or use clip='dynamic' (no image was returned rather than a black one)")
             x = to_uint8(x)
             for b in range(len(chunk)):
                 images[start + b] = x[b]
@@ -169,33 +204,55 @@ def parse_guidance(text: str, context: float | None = None, oscillate: bool | No
 
 def find_instructions(path) -> list[tuple[str, Path]]:
     """(name, path) of the instructions at `path`: an instruction.json, a folder holding one, or a folder of such
-    folders / JSON files."""
+    folders / instruction JSON files (other JSON files there, such as the examples' index.json, are not
+    instructions: `cli_sample` lists them as skipped)."""
     path = Path(path)
     if path.is_file() or (path / "instruction.json").is_file():
         return [(path.stem if path.is_file() and path.name != "instruction.json" else
                  (path.parent.name if path.is_file() else path.name), path)]
     if path.is_dir():
         found = sorted([(p.name, p) for p in path.iterdir() if (p / "instruction.json").is_file()]
-                       + [(p.stem, p) for p in path.glob("*.json")])
+                       + [(p.stem, p) for p in path.glob("*.json") if is_instruction_json(p)])
+        names = [n for n, _ in found]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise GeneratorError(f"--instruction {path}: {twice[0]!r} is both a folder and a JSON file there; their "
+                                 "images would have the same names: rename one")
         if found:
             return found
     raise GeneratorError(f"--instruction {path}: no instruction found; give an instruction.json, a folder written by "
                          "Instruction.save, or a folder of those")
 
 
+def is_instruction_json(path) -> bool:
+    """True when `path` holds a JSON object with the keys of an instruction ("text" and "contexts")."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "text" in d and "contexts" in d
+
+
 def cli_sample(argv=None) -> int:
     """`iimagen sample --checkpoint DIR --instruction FOLDER_OR_JSON --out DIR [--sampler --steps --guidance --seed
-    --num]`: writes OUT/<name>_<j>.png per instruction and image."""
+    --num --force]`: writes OUT/<name>_<j>.png per instruction and image.
+
+    Every option, the instructions, the checkpoint's config and the output folder are checked before the model is
+    loaded; existing PNGs are overwritten only with --force, and each PNG is written atomically."""
     from PIL import Image
 
-    from .instruction import Instruction, InstructionError
+    from .checkpoint import export_of, read_config
+    from .cli import fail
+    from .instruction import Instruction
+    from .paths import atomic_write, check_output
+    from .tokenizer import load_tokenizer
 
     p = argparse.ArgumentParser(prog="iimagen sample", description=cli_sample.__doc__.split(":")[0])
     p.add_argument("--checkpoint", required=True, help="exported model folder (config.json, params/, ...)")
     p.add_argument("--instruction", required=True, help="instruction.json, its folder, or a folder of them")
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.add_argument("--sampler", default="ddpm", choices=sorted(diffusion.SAMPLERS))
-    p.add_argument("--steps", type=int, default=None, help="default: 256 ddpm, 50 ddim, 20 dpm")
+    p.add_argument("--steps", type=int, default=None, help=f"default: 256 ddpm, 50 ddim, 20 dpm; at most {MAX_STEPS}")
     p.add_argument("--guidance", default="paper", help="'paper' (w=25, oscillating), 'none', or a scale w")
     p.add_argument("--context-guidance", type=float, default=None, help="separate context scale (3 branches)")
     p.add_argument("--reference-guidance", default=None, metavar="I=W[,I=W]",
@@ -205,24 +262,31 @@ def cli_sample(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num", type=int, default=1, help="images per instruction")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--force", action="store_true", help="overwrite PNGs of the same names in --out")
     a = p.parse_args(argv)
     try:
         guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate, a.reference_guidance)
+        steps = check_sampling(a.sampler, a.steps)
+        for name, v, lo in (("--num", a.num, 1), ("--batch-size", a.batch_size, 1), ("--seed", a.seed, 0)):
+            if v < lo:
+                raise GeneratorError(f"{name} {v}: give an integer >= {lo}")
         named = find_instructions(a.instruction)
         instructions = [Instruction.load(path) for _, path in named]
+        cfg, _, _ = read_config(a.checkpoint)  # cheap: the instructions are checked against the model before loading
+        check_instructions(instructions, cfg, load_tokenizer(export_of(a.checkpoint) / "tokenizer.json"))
+        files = [f"{name}_{j}.png" for name, _ in named for j in range(a.num)]
+        out = check_output(a.out, files, a.force)
         gen = Generator.load(a.checkpoint)
-        images = gen.generate(instructions, sampler=a.sampler, steps=a.steps, guidance=guidance, seed=a.seed,
+        images = gen.generate(instructions, sampler=a.sampler, steps=steps, guidance=guidance, seed=a.seed,
                               batch_size=a.batch_size, num_images=a.num)
-    except (ValueError, InstructionError) as e:  # CheckpointError, GeneratorError, InstructionError: all ValueErrors
-        print(f"iimagen sample: {e}", file=sys.stderr)
-        return 2
-    out = Path(a.out)
+    except ValueError as e:  # CheckpointError, GeneratorError, InstructionError, OutputError: all ValueErrors
+        return fail("iimagen sample", e)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for (name, _), imgs in zip(named, images):
-        for j, img in enumerate(imgs if a.num > 1 else [imgs]):
-            f = out / f"{name}_{j}.png"
-            Image.fromarray(img).save(f)
-            written.append(str(f))
-    print(json.dumps({"written": len(written), "out": str(out), "sampler": a.sampler, "seed": a.seed}))
+    flat = [img for imgs in images for img in (imgs if a.num > 1 else [imgs])]
+    for f, img in zip(files, flat):
+        atomic_write(out / f, lambda tmp, im=img: Image.fromarray(im).save(tmp, format="PNG"))
+    skipped = sorted(q.name for q in Path(a.instruction).glob("*.json") if not is_instruction_json(q)) \
+        if Path(a.instruction).is_dir() and not (Path(a.instruction) / "instruction.json").is_file() else []
+    print(json.dumps({"written": len(files), "out": str(out), "sampler": a.sampler, "steps": steps, "seed": a.seed,
+                      **({"skipped_not_instructions": skipped} if skipped else {})}))
     return 0
