@@ -15,14 +15,17 @@ What the widget does, top to bottom:
 - **Preview**: the instruction drawn like the paper's Fig. 2 (`Instruction.draw`), with validation messages inline.
 - **Settings**: sampler (ddim / dpm / ddpm), steps, guidance scale (text) and, optionally, a separate context scale
   and per-reference scales ("1=3": [ref#1] at 3, `diffusion.Guidance.references`), oscillating guidance (App. A.2.2),
-  seed, number of images. Image j uses seed `seed + j`.
+  seed, number of images. Image j uses seed `seed + j`. The app starts from `DEFAULT_SETTINGS` (one place to change
+  it); the *paper's recipe* button sets `PAPER_SETTINGS` (256-step DDPM, oscillating w = 25, App. A.2.2).
 - **Generate / Stop**: images are made one at a time (each is one compiled sampling call), so Stop acts *between*
   images; completed images are kept. In Jupyter (Lab or classic) generation runs in a background thread so the Stop
   button is heard. Colab does not show widget updates made from a background thread (googlecolab/colabtools#3373),
   so there it runs in the foreground: the progress bar updates, and the cell's interrupt (stop) button stops the run
   between or during images, keeping what is done. `Composer(..., background=True/False)` overrides the choice.
-- **Results**, **Save** (instruction.json + context PNGs + output PNGs + settings.json) and a **History** of runs,
-  each restorable.
+  While the sampler compiles for new settings (the first image), an indeterminate bar runs instead of the 0 % one.
+- **Results** (one image widget per output, added in place; widgets replaced are closed, so the kernel's widget count
+  stays bounded), **Save** (instruction.json + context PNGs + output PNGs + settings.json) and a **History** of runs,
+  each restorable (the last `HISTORY_SHOWN` are listed; `restore(i)` reaches every run).
 
 Works with ipywidgets 7.7.1 (Colab) and 8.x. Everything is also callable from code (`add_context`, `generate`,
 `save`, `restore`, `figure`), which is how the tests and notebook 07 drive it.
@@ -45,6 +48,19 @@ from . import paths
 from .instruction import KINDS, Context, Instruction, InstructionError, marker, to_rgb_uint8
 
 FREE_TEXT = "(free text)"
+# The Composer's default sampling setting: the one place to change it. PAPER_SETTINGS is the paper's recipe (App. A.2.2),
+# one click away in the app ("paper's recipe").
+DEFAULT_SETTINGS = {"sampler": "ddim", "steps": 25, "scale": 25.0, "context_scale": None, "oscillate": True,
+                    "clip": "dynamic", "references": ""}
+PAPER_SETTINGS = {"sampler": "ddpm", "steps": 256, "scale": 25.0, "context_scale": None, "oscillate": True,
+                  "clip": "dynamic", "references": ""}
+HISTORY_SHOWN = 10  # runs listed under History (older ones stay in `Composer.history`)
+EMPTY_TEXT = ("text: the instruction text is empty; write it (point at context k with [ref#k]) or choose a template "
+              "and press 'use template'")
+# Library names -> the app's field names, in the messages the app shows.
+_FIELDS = (("Instruction.text", "text"), ("Context.text", "context text"), ("Context.image", "context image"),
+           ("--reference-guidance", "per-ref w"))
+_COMPILED: set = set()  # sampling programs already compiled in this process (see Composer._compile_key)
 _LEAD_MARKER = re.compile(r"^\s*\[ref#\d+\]\s*")
 _ANY_MARKER = re.compile(r"\[ref#([1-9][0-9]*)\]")
 
@@ -100,6 +116,35 @@ def renumber_after_removal(text: str, k: int) -> str:
     return _ANY_MARKER.sub(sub, text)
 
 
+def ui_message(text: str) -> str:
+    """A library error message in the app's words: the fields are named as the app labels them."""
+    for lib, field_ in _FIELDS:
+        text = text.replace(lib, field_)
+    return text
+
+
+def close_widget(w) -> None:
+    """Close a widget, everything inside it (children) and its layout and style models (ipywidgets keeps every widget
+    alive in the kernel until it is closed)."""
+    import ipywidgets
+
+    for c in getattr(w, "children", ()) or ():
+        close_widget(c)
+    for name in ("layout", "style"):
+        sub = getattr(w, name, None) if name in getattr(w, "keys", ()) else None
+        if isinstance(sub, ipywidgets.Widget):
+            sub.close()
+    w.close()
+
+
+def live_widgets() -> int:
+    """How many widgets the kernel holds open (ipywidgets 8: `widget._instances`; 7.x: `Widget.widgets`)."""
+    import ipywidgets.widgets.widget as ww
+
+    inst = getattr(ww, "_instances", None)
+    return len(inst if inst is not None else ww.Widget.widgets)
+
+
 def _in_colab() -> bool:
     return "google.colab" in sys.modules
 
@@ -151,7 +196,11 @@ class Composer:
         self.history: list[Run] = []
         self.progress_callbacks: list = []  # f(done, total) after each image (tests press Stop from here)
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # orders Stop against the end of a run (the status never ends on "stopping")
+        self._running = False
         self._thread: threading.Thread | None = None
+        self._tiles: list = []  # one Image widget per result
+        self._history_rows: list = []
         self._template_seed = 0
         self._drawn = None
         self._gallery, self._example_items, self._example_names, self._examples = [], [], [], {}
@@ -163,78 +212,93 @@ class Composer:
         W = self.W
         from . import tasks, templates
 
+        # Every row wraps (flex_flow "row wrap"), buttons size to their text (width "auto"): the app fits a notebook
+        # column of ~780 px (JupyterLab at 1,280 px with the side panel open), tested in a browser
+        # (tests/test_browser.py).
         lay = lambda w: W.Layout(width=w)
+        auto = lambda: W.Layout(width="auto")
+        row = lambda *ws: W.HBox(list(ws), layout=W.Layout(flex_flow="row wrap", align_items="center"))
         self.task = W.Dropdown(options=[FREE_TEXT, *templates.TASKS, *templates.ZERO_SHOT], value=FREE_TEXT,
                                description="template", layout=lay("300px"))
-        self.caption = W.Text(value="a large red circle on a beach", description="caption", layout=lay("360px"))
-        self.template_button = W.Button(description="use template", tooltip="fill the text from the template")
-        self.rephrase_button = W.Button(description="another phrasing")
+        self.caption = W.Text(value="a large red circle on a beach", description="caption", layout=lay("480px"))
+        self.template_button = W.Button(description="use template", tooltip="fill the text from the template",
+                                        layout=auto())
+        self.rephrase_button = W.Button(description="another phrasing", layout=auto())
         self.text = W.Textarea(value="", placeholder="Generate an image of [ref#1] in the style of [ref#2] ...",
                                description="text", layout=W.Layout(width="95%", height="64px"),
                                continuous_update=False)
         # context sources
         names = [t for t in tasks.TASK_NAMES if t != "retrieval"]
-        self.gallery_task = W.Dropdown(options=names, value="subject", description="world task")
+        self.gallery_task = W.Dropdown(options=names, value="subject", description="world task", layout=lay("300px"))
         self.gallery_seed = W.IntText(value=0, description="seed", layout=lay("160px"))
-        self.gallery_item = W.Dropdown(options=[], description="image", layout=lay("460px"))
-        self.gallery_add = W.Button(description="add context", button_style="info")
-        self.example_item = W.Dropdown(options=[], description="example", layout=lay("560px"))
-        self.example_add = W.Button(description="add context", button_style="info")
-        self.example_load = W.Button(description="load whole instruction")
-        self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload image")
-        self.upload_kind = W.Dropdown(options=list(KINDS), value="reference", description="kind")
-        self.upload_text = W.Text(value="", placeholder="short text, e.g. 'a dog'", description="text")
+        self.gallery_item = W.Dropdown(options=[], description="image", layout=lay("440px"))
+        self.gallery_add = W.Button(description="add context", button_style="info", layout=auto())
+        self.example_item = W.Dropdown(options=[], description="example", layout=lay("440px"))
+        self.example_add = W.Button(description="add context", button_style="info", layout=auto())
+        self.example_load = W.Button(description="load whole instruction", layout=auto())
+        self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload image", layout=auto())
+        self.upload_kind = W.Dropdown(options=list(KINDS), value="reference", description="kind", layout=lay("240px"))
+        self.upload_text = W.Text(value="", placeholder="short text, e.g. 'a dog'", description="text",
+                                  layout=lay("300px"))
         self.source_preview = W.Image(format="png", layout=W.Layout(width="64px", height="64px"))
         src = W.Tab(children=[
-            W.VBox([W.HBox([self.gallery_task, self.gallery_seed]), W.HBox([self.gallery_item, self.gallery_add])]),
-            W.VBox([self.example_item, W.HBox([self.example_add, self.example_load])]),
-            W.VBox([W.HBox([self.upload_kind, self.upload_text]), self.upload]),
-        ])
+            W.VBox([row(self.gallery_task, self.gallery_seed), row(self.gallery_item, self.gallery_add)]),
+            W.VBox([self.example_item, row(self.example_add, self.example_load)]),
+            W.VBox([row(self.upload_kind, self.upload_text), self.upload]),
+        ], layout=W.Layout(flex="1 1 560px", max_width="640px"))
         for i, t in enumerate(["world gallery", "data/examples", "upload"]):
             src.set_title(i, t)
         self.context_box = W.VBox([])
         self.message = W.HTML("")
         self.preview = W.Output()
-        # settings
-        self.sampler = W.Dropdown(options=["ddim", "dpm", "ddpm"], value="ddim", description="sampler",
-                                  layout=lay("180px"))
-        self.steps = W.BoundedIntText(value=25, min=1, max=1000, description="steps", layout=lay("160px"))
+        # settings: DEFAULT_SETTINGS fills them at the end of __init__'s build
+        self.sampler = W.Dropdown(options=["ddim", "dpm", "ddpm"], description="sampler", layout=lay("180px"))
+        self.steps = W.BoundedIntText(value=1, min=1, max=1000, description="steps", layout=lay("160px"))
         self.seed = W.IntText(value=0, description="seed", layout=lay("160px"))
         self.num_images = W.BoundedIntText(value=4, min=1, max=64, description="images", layout=lay("160px"))
+        self.paper_button = W.Button(description="paper's recipe", layout=auto(),
+                                     tooltip="256-step DDPM, oscillating guidance w = 25, dynamic thresholding "
+                                             "(App. A.2.2)")
+        self.default_button = W.Button(description="kit default", layout=auto(),
+                                       tooltip="the app's default sampling setting (iimagen.ui.DEFAULT_SETTINGS)")
         self.scale = W.BoundedFloatText(value=25.0, min=0.0, max=1000.0, step=0.5, description="guidance w",
                                         layout=lay("180px"))
-        self.separate = W.Checkbox(value=False, description="separate context scale", indent=False,
-                                   layout=lay("180px"))
+        self.separate = W.Checkbox(value=False, description="separate context scale", indent=False, layout=auto())
         self.context_scale = W.BoundedFloatText(value=5.0, min=0.0, max=1000.0, step=0.5, description="context w",
                                                 disabled=True, layout=lay("180px"))
         self.references = W.Text(value="", placeholder="I=W, e.g. 1=3", description="per-ref w",
-                                 layout=lay("180px"))  # per-reference guidance: '1=3' guides [ref#1] at 3
-        self.oscillate = W.Checkbox(value=True, description="oscillating guidance", indent=False,
-                                    layout=lay("180px"))
-        self.clip = W.Dropdown(options=["dynamic", "static", "none"], value="dynamic", description="x0 clip",
-                               layout=lay("180px"))
-        self.generate_button = W.Button(description="Generate", button_style="success", icon="play")
-        self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+                                 layout=lay("230px"))  # per-reference guidance: '1=3' guides [ref#1] at 3
+        self.oscillate = W.Checkbox(value=True, description="oscillating guidance", indent=False, layout=auto())
+        self.clip = W.Dropdown(options=["dynamic", "static", "none"], description="x0 clip", layout=lay("180px"))
+        self.generate_button = W.Button(description="Generate", button_style="success", icon="play", layout=auto())
+        self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
+                                    layout=auto())
         self.progress = W.IntProgress(value=0, min=0, max=1, layout=lay("240px"))
-        self.status = W.Label("")
+        self.busy = W.HTML("")  # an indeterminate bar (<progress> without a value) while the sampler compiles
+        self.status = W.Label("", layout=auto())
         self.results_box = W.HBox([], layout=W.Layout(flex_flow="row wrap"))
+        self.use_item = W.Dropdown(options=[], description="output", layout=lay("240px"))
+        self.use_button = W.Button(description="use as context", icon="plus", layout=auto(),
+                                   tooltip="add the chosen output as the next context")
         self.save_dir = W.Text(value="", placeholder=f"{self.out_dir}/run_NNN", description="folder",
                                layout=lay("420px"))
-        self.save_button = W.Button(description="Save run", icon="save")
+        self.save_button = W.Button(description="Save run", icon="save", layout=auto())
         self.history_box = W.VBox([])
 
         h = lambda s: W.HTML(f"<b>{s}</b>")
         self.widget = W.VBox([
-            h("1. Instruction text (paper §2)"), W.HBox([self.task, self.template_button, self.rephrase_button]),
+            h("1. Instruction text (paper §2)"), row(self.task, self.template_button, self.rephrase_button),
             self.caption, self.text,
-            h(f"2. Context (up to {self.K} for this model)"), W.HBox([src, self.source_preview]), self.context_box,
+            h(f"2. Context (up to {self.K} for this model)"), row(src, self.source_preview), self.context_box,
             self.message, self.preview,
-            h("3. Settings"), W.HBox([self.sampler, self.steps, self.seed, self.num_images]),
-            W.HBox([self.scale, self.separate, self.context_scale, self.references, self.oscillate, self.clip]),
-            W.HBox([self.generate_button, self.stop_button, self.progress, self.status]),
-            h("Results"), self.results_box, W.HBox([self.save_dir, self.save_button]),
+            h("3. Settings"),
+            row(self.sampler, self.steps, self.seed, self.num_images, self.paper_button, self.default_button),
+            row(self.scale, self.separate, self.context_scale, self.references, self.oscillate, self.clip),
+            row(self.generate_button, self.stop_button, self.progress, self.busy, self.status),
+            h("Results"), self.results_box, row(self.use_item, self.use_button), row(self.save_dir, self.save_button),
             h("History"), self.history_box,
         ])
+        self.set_settings(DEFAULT_SETTINGS)
         # events
         self.template_button.on_click(lambda _: self.use_template())
         self.rephrase_button.on_click(lambda _: self.use_template(new_phrasing=True))
@@ -248,8 +312,11 @@ class Composer:
         self.example_load.on_click(lambda _: self._load_example())
         self.upload.observe(self._on_upload, "value")
         self.separate.observe(lambda c: setattr(self.context_scale, "disabled", not c["new"]), "value")
+        self.paper_button.on_click(lambda _: self.set_settings(PAPER_SETTINGS))
+        self.default_button.on_click(lambda _: self.set_settings(DEFAULT_SETTINGS))
         self.generate_button.on_click(lambda _: self.generate(wait=False))
         self.stop_button.on_click(lambda _: self.stop())
+        self.use_button.on_click(lambda _: self.use_output(self.use_item.value))
         self.save_button.on_click(lambda _: self._save_clicked())
         self._fill_gallery()
         self._fill_examples()
@@ -264,7 +331,7 @@ class Composer:
         import html
 
         colour = {"error": "#b00020", "ok": "#1b7f3b", "info": "#444"}[level]
-        self.message.value = f'<span style="color:{colour}">{html.escape(text)}</span>'
+        self.message.value = f'<span style="color:{colour}">{html.escape(ui_message(text))}</span>'
 
     # ------------------------------------------------------------------------------------------------- sources
     def _fill_gallery(self):
@@ -280,8 +347,9 @@ class Composer:
             return
         items = []  # (label, (image, text, kind)); the dropdown's values are indices into this list
         for i, ex in enumerate(exs, start=1):
-            for c in ex.instruction.contexts:
-                items.append((f"{i}. {c.kind}: {strip_marker(c.text)}", (c.image, strip_marker(c.text), c.kind)))
+            for k, c in enumerate(ex.instruction.contexts, start=1):  # "1. [ref#2] subject: ...": one label each
+                items.append((f"{i}. {marker(k)} {c.kind}: {strip_marker(c.text)}",
+                              (c.image, strip_marker(c.text), c.kind)))
             cap = str(ex.truth.get("caption") or "")
             items.append((f"{i}. target: {cap[:60]}", (ex.target, cap, "reference")))
         self._gallery = items
@@ -378,20 +446,23 @@ class Composer:
 
     def _rebuild_contexts(self, refresh: bool = True):
         W = self.W
-        rows = []
+        old, rows = self.context_box.children, []
         for k, c in enumerate(self.contexts, start=1):
             img = W.Image(value=png_bytes(c["image"], 64), format="png", layout=W.Layout(width="64px"))
             kind = W.Dropdown(options=list(KINDS), value=c["kind"], layout=W.Layout(width="120px"))
             text = W.Text(value=c["text"], placeholder="short text, e.g. 'style image'", continuous_update=False,
-                          layout=W.Layout(width="300px"))
-            ins = W.Button(description=f"insert {marker(k)}", layout=W.Layout(width="130px"))
-            rm = W.Button(description="remove", icon="trash", layout=W.Layout(width="100px"))
+                          layout=W.Layout(width="260px"))
+            ins = W.Button(description=f"insert {marker(k)}", layout=W.Layout(width="auto"))
+            rm = W.Button(description="remove", icon="trash", layout=W.Layout(width="auto"))
             kind.observe(lambda ch, c=c: (c.update(kind=ch["new"]), self.refresh()), "value")
             text.observe(lambda ch, c=c: (c.update(text=ch["new"]), self.refresh()), "value")
             ins.on_click(lambda _, k=k: self.insert_marker(k))
             rm.on_click(lambda _, k=k: self.remove_context(k))
-            rows.append(W.HBox([img, W.HTML(f"<b>{marker(k)}</b>"), kind, text, ins, rm]))
+            rows.append(W.HBox([img, W.HTML(f"<b>{marker(k)}</b>"), kind, text, ins, rm],
+                               layout=W.Layout(flex_flow="row wrap", align_items="center")))
         self.context_box.children = rows
+        for r in old:  # replaced rows are closed: the kernel holds at most K rows' widgets
+            close_widget(r)
         if refresh:
             self.refresh()
 
@@ -441,12 +512,20 @@ class Composer:
         """The instruction as composed now (raises InstructionError when invalid)."""
         return Instruction(self.text.value, tuple(Context(c["image"], c["text"], c["kind"]) for c in self.contexts))
 
-    def refresh(self):
-        """Validate the instruction; show the error, or draw it (Fig. 2 style) when it changed."""
+    def refresh(self, strict: bool = False):
+        """Validate the instruction; show the error, or draw it (Fig. 2 style) when it changed. An empty text is a
+        hint, not an error, until Generate is pressed (`strict`). While the instruction is invalid the preview says
+        so instead of showing an older instruction."""
         try:
             ins = self.instruction()
         except InstructionError as e:
-            self._say(str(e), "error")
+            empty = not self.text.value.strip()
+            if empty and not strict:
+                self._say("Write the instruction text (or choose a template and press 'use template'); point at "
+                          "context k with [ref#k].", "info")
+            else:
+                self._say(EMPTY_TEXT if empty else str(e), "error")
+            self._clear_preview()
             return None
         unused = [k for k in range(1, len(ins.contexts) + 1) if k not in ins.markers]
         self._say(f"valid instruction: {len(ins.contexts)} context(s)"
@@ -464,6 +543,12 @@ class Composer:
                                               "text/plain": repr(ins)}},)
         return ins
 
+    def _clear_preview(self):
+        if self.show_preview and self._drawn != "invalid":
+            self._drawn = "invalid"
+            self.preview.outputs = ({"output_type": "display_data", "metadata": {},
+                                     "data": {"text/plain": "(the drawing returns when the instruction is valid)"}},)
+
     # ------------------------------------------------------------------------------------------------- settings
     def settings(self) -> dict:
         return {"sampler": self.sampler.value, "steps": int(self.steps.value), "scale": float(self.scale.value),
@@ -473,12 +558,15 @@ class Composer:
                 "references": self.references.value.strip()}
 
     def set_settings(self, s: dict):
+        """Set the settings widgets from a dict of `settings()` (missing keys are kept): `DEFAULT_SETTINGS`,
+        `PAPER_SETTINGS`, or a run's."""
         for name in ("sampler", "steps", "scale", "oscillate", "seed", "num_images", "clip", "references"):
             if name in s:
                 getattr(self, name).value = s[name]
-        self.separate.value = s.get("context_scale") is not None
-        if s.get("context_scale") is not None:
-            self.context_scale.value = s["context_scale"]
+        if "context_scale" in s:
+            self.separate.value = s["context_scale"] is not None
+            if s["context_scale"] is not None:
+                self.context_scale.value = s["context_scale"]
 
     @staticmethod
     def guidance(s: dict):
@@ -493,24 +581,29 @@ class Composer:
 
         In background mode the run happens in a thread; `wait=True` joins it. Returns the `Run` (None when the
         instruction or the settings are invalid, with the message shown)."""
-        if self._thread is not None and self._thread.is_alive():
+        if self._running:
             self._say("a run is in progress; press Stop or wait", "error")
             return None
-        ins = self.refresh()
+        ins = self.refresh(strict=True)
         if ins is None:
             return None
         s = self.settings()
         try:
             guidance = self.guidance(s)
+            over = [i for i, _ in guidance.references if i > len(ins.contexts)]
+            if over:
+                raise ValueError(f"per-ref w {s['references']!r} names {marker(over[0])}, but the instruction has "
+                                 f"{len(ins.contexts)} context(s); name one of them or empty the field")
         except ValueError as e:
             self._say(str(e), "error")
             return None
         run = Run(ins, s)
         self._stop.clear()
-        self.generate_button.disabled, self.stop_button.disabled = True, False
+        with self._lock:
+            self._running = True
+            self.generate_button.disabled, self.stop_button.disabled = True, False
         self.progress.max, self.progress.value = s["num_images"], 0
-        self.results, self._results_seed = [], s["seed"]
-        self._show_results()
+        self._set_results([], s["seed"])
         if self.background:
             self._thread = threading.Thread(target=self._run, args=(run, guidance), daemon=True)
             self._thread.start()
@@ -521,58 +614,105 @@ class Composer:
         return run
 
     def stop(self):
-        """Ask the run to stop after the image in progress."""
-        self._stop.set()
-        self.status.value = "stopping after the current image..."
+        """Ask the run to stop after the image in progress (nothing to do when no run is going on)."""
+        with self._lock:
+            if not self._running:
+                return
+            self._stop.set()
+            self.status.value = "stopping after the current image..."
 
     def wait(self):
         """Block until a background run ends."""
         if self._thread is not None:
             self._thread.join()
 
+    def _compile_key(self, s: dict, guidance) -> tuple:
+        """What makes `diffusion.sample` compile a new program for this model (its static plan; batch 1)."""
+        return (id(getattr(self.generator, "model", self.generator)), s["sampler"], s["steps"], guidance.n_base,
+                tuple(i for i, _ in guidance.references), bool(guidance.oscillate), s["clip"])
+
+    def _busy(self, on: bool):
+        """An indeterminate bar in place of the progress bar (the compile step has no fraction to show)."""
+        self.busy.value = '<progress style="width:240px" title="compiling"></progress>' if on else ""
+        self.progress.layout.display = "none" if on else None
+
     def _run(self, run: Run, guidance):
-        s, t0 = run.settings, time.perf_counter()
+        s, t0, n = run.settings, time.perf_counter(), run.settings["num_images"]
+        key = self._compile_key(s, guidance)
         try:
-            for j in range(s["num_images"]):
-                if self._stop.is_set():
-                    run.stopped = True
-                    break
-                self.status.value = f"image {j + 1}/{s['num_images']}" + (" (compiling on first use...)"
-                                                                          if j == 0 else "")
+            for j in range(n):
+                with self._lock:  # a Stop pressed now is seen here, and its message is not overwritten
+                    if self._stop.is_set():
+                        run.stopped = True
+                        break
+                    compiling = key not in _COMPILED
+                    self.status.value = f"image {j + 1}/{n}" + (": compiling the sampler for these settings "
+                                                                "(first use)..." if compiling else "")
+                if compiling:
+                    self._busy(True)
                 img = self.generator.generate(run.instruction, sampler=s["sampler"], steps=s["steps"],
                                               guidance=guidance, seed=s["seed"] + j, clip=s["clip"],
                                               progress=False)[0]
+                _COMPILED.add(key)
+                if compiling:
+                    self._busy(False)
                 run.images.append(img)
-                self.results = list(run.images)
-                self._show_results()
+                self.results.append(img)
+                self._add_tile(len(self.results) - 1)
                 self.progress.value = j + 1
                 for f in self.progress_callbacks:
-                    f(j + 1, s["num_images"])
-            if self._stop.is_set() and len(run.images) < s["num_images"]:
-                run.stopped = True
+                    f(j + 1, n)
         except KeyboardInterrupt:  # the kernel's interrupt button, in a foreground run
             run.stopped = True
         except Exception as e:  # noqa: BLE001 - shown in the UI; the composer's state stays as it was
             self._say(f"generation failed: {type(e).__name__}: {e}", "error")
         finally:
+            with self._lock:  # from here on Stop does nothing: the run is over
+                self._running = False
+                run.stopped = run.stopped or (self._stop.is_set() and len(run.images) < n)
+            self._busy(False)
             run.seconds = time.perf_counter() - t0
-            self.generate_button.disabled, self.stop_button.disabled = False, True
             if run.images:
                 self.history.append(run)
                 self._add_history(len(self.history))
-            n = len(run.images)
-            self.status.value = (f"{'stopped' if run.stopped else 'done'}: {n}/{s['num_images']} image(s) in "
+            self.generate_button.disabled, self.stop_button.disabled = False, True
+            self.status.value = (f"{'stopped' if run.stopped else 'done'}: {len(run.images)}/{n} image(s) in "
                                  f"{run.seconds:.1f} s")
 
-    def _show_results(self):
-        W = self.W
-        tiles = []
-        for j, img in enumerate(self.results):
-            use = W.Button(description="use as context", layout=W.Layout(width=f"{max(self.thumb, 110)}px"))
-            use.on_click(lambda _, img=img, j=j: self.add_context(img, f"output {j + 1}", "reference"))
-            tiles.append(W.VBox([W.Image(value=png_bytes(img, self.thumb), format="png"),
-                                 W.Label(f"image {j + 1}, seed {self._results_seed + j}"), use]))
-        self.results_box.children = tiles
+    # ------------------------------------------------------------------------------------------------- results
+    def _tile(self, j: int):
+        return self.W.Image(value=png_bytes(self.results[j], self.thumb), format="png",
+                            layout=self.W.Layout(width=f"{self.thumb}px", height=f"{self.thumb}px", margin="2px"))
+
+    def _set_results(self, images, seed: int):
+        """Show `images` (made with seeds seed, seed + 1, ...); the tiles they replace are closed."""
+        old = self._tiles
+        self.results, self._results_seed = list(images), seed
+        self._tiles = [self._tile(j) for j in range(len(self.results))]
+        self.results_box.children = tuple(self._tiles)
+        for t in old:
+            close_widget(t)
+        self._fill_use()
+
+    def _add_tile(self, j: int):
+        """One new tile for result j; the tiles already shown stay as they are (no flicker, no new widgets)."""
+        t = self._tile(j)
+        self._tiles.append(t)
+        self.results_box.children = (*self.results_box.children, t)
+        self._fill_use()
+
+    def _fill_use(self):
+        keep = self.use_item.value
+        self.use_item.options = [(f"image {j + 1} (seed {self._results_seed + j})", j)
+                                 for j in range(len(self.results))]
+        self.use_item.value = keep if keep is not None and keep < len(self.results) else (0 if self.results else None)
+
+    def use_output(self, j: int | None) -> bool:
+        """Add result j (0-based; "image j+1" under Results) as the next context."""
+        if j is None or not 0 <= j < len(self.results):
+            self._say("no output to use yet: generate first", "error")
+            return False
+        return self.add_context(self.results[j], f"output {j + 1}", "reference")
 
     # ------------------------------------------------------------------------------------------------- history
     def _add_history(self, i: int):
@@ -586,21 +726,27 @@ class Composer:
                 f"{len(run.images)}/{s['num_images']} image(s){' (stopped)' if run.stopped else ''}<br>"
                 f"<i>{_html(run.instruction.text)}</i>")
         thumbs = [W.Image(value=png_bytes(im, 48), format="png") for im in run.images[:8]]
-        restore = W.Button(description="restore", icon="undo", layout=W.Layout(width="100px"))
+        restore = W.Button(description="restore", icon="undo", layout=W.Layout(width="auto"))
         restore.on_click(lambda _, i=i: self.restore(i))
-        self.history_box.children = (W.VBox([W.HTML(desc), W.HBox([restore, *thumbs])]),
-                                     *self.history_box.children)
+        rows = [W.VBox([W.HTML(desc), W.HBox([restore, *thumbs], layout=W.Layout(flex_flow="row wrap"))]),
+                *self._history_rows]
+        self._history_rows = rows[:HISTORY_SHOWN]
+        self.history_box.children = tuple(self._history_rows)
+        for r in rows[HISTORY_SHOWN:]:  # older runs leave the list (and the kernel); restore(i) still reaches them
+            close_widget(r)
 
     def restore(self, i: int):
         """Bring back run i (1-based): its instruction, settings and images."""
+        if self._running:
+            self._say("a run is in progress; press Stop or wait", "error")
+            return
         if not 1 <= i <= len(self.history):
             self._say(f"there is no run {i}; runs are 1..{len(self.history)}", "error")
             return
         run = self.history[i - 1]
         self.load_instruction(run.instruction)
         self.set_settings(run.settings)
-        self.results, self._results_seed = list(run.images), run.settings["seed"]
-        self._show_results()
+        self._set_results(run.images, run.settings["seed"])
         self.status.value = f"restored run {i}"
 
     # ------------------------------------------------------------------------------------------------- save

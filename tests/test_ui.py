@@ -15,7 +15,9 @@ from iimagen.configs import get_config
 from iimagen.instruction import Instruction
 from iimagen.pipeline import Generator
 from iimagen.tokenizer import load_tokenizer
-from iimagen.ui import Composer, image_from_bytes, renumber_after_removal, uploaded_files
+from iimagen import ui
+from iimagen.ui import (DEFAULT_SETTINGS, HISTORY_SHOWN, PAPER_SETTINGS, Composer, image_from_bytes, live_widgets,
+                        renumber_after_removal, uploaded_files)
 
 CFG = dict(channels=16, text_width=32, text_layers=1, text_len=24, ctx_text_len=8, K=2, norm_groups=8, head_dim=16,
            resolution=16)
@@ -99,8 +101,11 @@ def test_invalid_instruction_shows_error_and_does_not_generate(comp):
     assert comp.results == [] and comp.history == [] and comp.text.value == "Render [ref#2] as a painting"
     with pytest.raises(ValueError, match="no run yet"):
         comp.figure()
-    comp.text.value = "   "
-    assert is_error(comp) and "non-empty" in comp.message.value
+    comp.text.value = "   "  # an empty text is a hint (grey) until Generate is pressed, then an error naming the field
+    assert not is_error(comp) and "Write the instruction text" in comp.message.value
+    comp.generate_button.click()
+    assert is_error(comp) and comp.message.value.split(">")[1].startswith("text: the instruction text is empty")
+    assert comp.history == []
 
 
 def test_template_fills_text_with_context_markers(comp):
@@ -168,7 +173,9 @@ def test_generate_shows_results_save_and_history_restore(comp, tmp_path):
     assert json.loads((saved / "settings.json").read_text())["seed"] == 7 and "saved to" in comp.message.value
 
     first = list(comp.results)
-    comp.results_box.children[0].children[-1].click()  # an output becomes context 2
+    assert [o[0] for o in comp.use_item.options] == ["image 1 (seed 7)", "image 2 (seed 8)"]
+    comp.use_item.value = 0
+    comp.use_button.click()  # an output becomes context 2
     assert len(comp.contexts) == 2 and np.array_equal(comp.contexts[1]["image"], first[0])
     comp.text.value, comp.seed.value, comp.num_images.value = "Something else with [ref#2]", 3, 1
     comp.generate()
@@ -233,3 +240,118 @@ def test_background_thread_run_and_failure_message(gen, tmp_path):
                                       "cfg": gen.cfg})()
     c.generate(wait=True)
     assert "generation failed" in c.message.value and "boom" in c.message.value and len(c.history) == 1
+
+
+# -- faults found in a real browser (issue 34; tests/test_browser.py drives the same in JupyterLab) ---------------------
+def test_fresh_composer_defaults_labels_and_paper_recipe(gen, tmp_path):
+    c = Composer(gen, out_dir=tmp_path, background=False, preview=False)
+    assert not is_error(c) and "Write the instruction text" in c.message.value  # no red message before any input
+    s = c.settings()
+    assert {k: s[k] for k in DEFAULT_SETTINGS} == DEFAULT_SETTINGS  # the default lives in one constant
+    c.paper_button.click()  # the paper's recipe: one click
+    assert {k: c.settings()[k] for k in PAPER_SETTINGS} == PAPER_SETTINGS
+    c.default_button.click()
+    assert {k: c.settings()[k] for k in DEFAULT_SETTINGS} == DEFAULT_SETTINGS
+    labels = [o[0] for o in c.gallery_item.options]  # subject examples hold several views of one subject
+    assert len(labels) == len(set(labels)) and any("[ref#2]" in lab for lab in labels)
+    # per-reference guidance: the message names the app's field, not the command-line flag
+    c.text.value = "a red circle on a beach"
+    c.references.value = "ref#1"
+    assert c.generate() is None and is_error(c) and "per-ref w" in c.message.value
+    assert "--reference-guidance" not in c.message.value
+    c.references.value = "1=3"  # a reference the instruction does not have
+    assert c.generate() is None and "names [ref#1], but the instruction has 0" in c.message.value and c.history == []
+
+
+def test_compile_message_and_indeterminate_bar_only_on_first_use(comp):
+    comp.text.value = "a red circle on a beach"
+    comp.sampler.value, comp.steps.value, comp.num_images.value = "dpm", 3, 2  # settings no other test compiles
+    status, busy = [], []
+    comp.status.observe(lambda ch: status.append(ch["new"]), "value")
+    comp.busy.observe(lambda ch: busy.append(ch["new"]), "value")
+    comp.generate()
+    assert sum("compiling" in v for v in status) == 1 and "compiling" in status[0]  # image 1 only
+    assert "<progress" in busy[0] and "value=" not in busy[0] and busy[-1] == ""  # indeterminate, then gone
+    assert comp.progress.layout.display is None  # the 0..N bar is back
+    status.clear(), busy.clear()
+    comp.generate()  # same settings: nothing compiles, nothing says so
+    assert status and not any("compiling" in v for v in status) and not any(busy)
+    assert status[-1].startswith("done: 2/2")
+
+
+def test_stop_pressed_as_the_run_ends_does_not_hang_the_status(comp):
+    comp.text.value = "a red circle on a beach"
+    comp.num_images.value = 2
+    # Stop arrives after the last image, before the run's end: the final status wins
+    comp.progress_callbacks.append(lambda done, total: comp.stop_button.click() if done == total else None)
+    run = comp.generate()
+    assert not run.stopped and comp.status.value.startswith("done: 2/2") and comp.stop_button.disabled
+    comp.progress_callbacks.clear()
+    comp.stop()  # a late click (the button is disabled in the browser, but a message may be on its way)
+    assert comp.status.value.startswith("done: 2/2")
+
+
+def test_stop_race_in_background_thread(gen, tmp_path):
+    """Stop pressed from another thread at random moments around a short run's end: never left on 'stopping'."""
+    import threading
+    import time
+
+    c = Composer(gen, out_dir=tmp_path, background=True, preview=False)
+    c.sampler.value, c.steps.value, c.num_images.value, c.scale.value = "ddim", 2, 2, 3.0
+    c.text.value = "a green square"
+    c.generate(wait=True)  # compiled
+    for delay in np.linspace(0.0, 0.05, 12):
+        c.generate(wait=False)
+        t = threading.Timer(delay, c.stop)
+        t.start()
+        c.wait()
+        t.join()
+        time.sleep(0.01)
+        assert c.status.value.startswith(("done", "stopped")), c.status.value
+        assert c.stop_button.disabled and not c.generate_button.disabled
+
+
+def test_results_update_in_place_and_widget_count_is_bounded(comp):
+    comp.text.value = "a red circle on a beach"
+    comp.num_images.value = 4
+    comp.generate()
+    tiles = comp.results_box.children
+    assert len(tiles) == 4 and all(isinstance(t, ipywidgets.Image) for t in tiles)  # one widget per image
+    seen = []
+    comp.progress_callbacks.append(lambda done, total: seen.append(comp.results_box.children))
+    comp.generate()
+    comp.progress_callbacks.clear()
+    # each image adds one tile; the tiles already shown are the same objects (updated in place, no rebuild)
+    assert [len(ch) for ch in seen] == [1, 2, 3, 4] and all(a is b for a, b in zip(seen[1], seen[3]))
+    assert not any(t in comp.results_box.children for t in tiles)  # the first run's tiles were replaced ...
+    assert all(t.comm is None for t in tiles)  # ... and closed
+    counts = []
+    for _ in range(HISTORY_SHOWN + 3):
+        comp.generate()
+        counts.append(live_widgets())
+    # once History is full, a run of 4 images leaves the kernel's widget count unchanged
+    assert counts[-1] == counts[-2] == counts[-3], counts
+    assert len(comp.history_box.children) == HISTORY_SHOWN and len(comp.history) == HISTORY_SHOWN + 5
+    comp.num_images.value = 8  # a bigger run: 2 more widgets (an image and its layout) per more image
+    comp.generate()
+    assert live_widgets() - counts[-1] <= 2 * 4 + 2 * 4, live_widgets() - counts[-1]  # tiles + history thumbnails
+    # context rows are rebuilt on every change; the replaced rows are closed too
+    n0 = live_widgets()
+    for _ in range(5):
+        comp.add_context(rgb(1), "a dog", "subject")
+        comp.remove_context(1)
+    assert live_widgets() == n0
+
+
+def test_remove_context_clears_the_stale_preview(gen, tmp_path):
+    c = Composer(gen, out_dir=tmp_path, background=False, preview=True)
+    c.add_context(rgb(1), "a dog", "subject")
+    c.add_context(rgb(2), "watercolour", "style")
+    c.text.value = "Generate [ref#1] in the style of [ref#2]"
+    assert "image/png" in c.preview.outputs[0]["data"]
+    c.remove_context(1)
+    assert is_error(c) and "[ref#?]" in c.text.value
+    assert "image/png" not in c.preview.outputs[0]["data"]  # no drawing of the two old contexts
+    assert "valid" in c.preview.outputs[0]["data"]["text/plain"]
+    c.text.value = "Generate an image in the style of [ref#1]"
+    assert not is_error(c) and "image/png" in c.preview.outputs[0]["data"]  # drawn again (one context)
