@@ -1,7 +1,7 @@
 """Human rating study (paper §5.1, ImagenHub's rubric): people score SC and PQ in {0, 0.5, 1} for blinded outputs.
 
     >>> study = RatingStudy(examples, {"Instruct-Imagen": imgs_a, "Multi-task": imgs_b}, rater="ann",
-    ...                     path="ratings.jsonl")
+    ...                     path="out/ratings.jsonl")   # the default: out/ratings.jsonl under the current folder
     >>> study.widget          # in a notebook: the instruction, outputs side by side in random order, two scores each
     >>> ratings_table(load_ratings("ratings.jsonl"))   # the paper's table from ratings; agreement(...) across raters
 
@@ -12,6 +12,7 @@ Only widgets and calls common to ipywidgets 7.7.1 and 8.x are used (HTML, Image,
 """
 from __future__ import annotations
 
+import html
 import io
 import json
 import time
@@ -22,6 +23,7 @@ import numpy as np
 from .evaluate import IN_DOMAIN, ZERO_SHOT, EvalError, averages, overall
 
 LEVELS = (0.0, 0.5, 1.0)
+DEFAULT_PATH = "out/ratings.jsonl"  # relative: under the folder the study runs in (never a fixed system path)
 RUBRIC = ("<b>SC</b> (semantic consistency): 0 = ignores the instruction, 0.5 = partly follows it, 1 = follows every "
           "condition (score the least satisfied one). <b>PQ</b> (perceptual quality): 0 = unrecognisable, "
           "0.5 = recognisable with artifacts, 1 = clean.")
@@ -51,15 +53,17 @@ def _instruction_png(ex) -> bytes:
 class RatingStudy:
     """One rater's pass over `examples` (tasks.Example or Instruction) with `outputs` {model: [uint8 image per
     example]}: per example, the outputs in a random order (seeded by rater and example: blinded as "A", "B", ...),
-    SC and PQ buttons under each, and "Save & next" appending one JSONL line per output to `path`."""
+    SC and PQ buttons under each, and "Save & next" appending one JSONL line per output to `path` (default
+    `DEFAULT_PATH`, relative to the current folder: in Jupyter, the notebook's own folder)."""
 
-    def __init__(self, examples: list, outputs: dict, rater: str, path, seed: int = 0):
+    def __init__(self, examples: list, outputs: dict, rater: str, path=None, seed: int = 0):
         if not isinstance(rater, str) or not rater.strip():
             raise EvalError("RatingStudy: rater must be a non-empty id such as 'ann'")
         if not outputs or any(len(v) != len(examples) for v in outputs.values()):
             raise EvalError("RatingStudy: outputs must map each model to one image per example "
                             f"({len(examples)} examples)")
-        self.examples, self.outputs, self.rater, self.path = list(examples), dict(outputs), rater, Path(path)
+        self.examples, self.outputs, self.rater = list(examples), dict(outputs), rater
+        self.path = Path(DEFAULT_PATH if path is None or str(path).strip() == "" else path).expanduser()
         self.models = list(outputs)
         self.seed, self.i = seed, 0
         self._build()
@@ -114,7 +118,7 @@ class RatingStudy:
                 f.write(json.dumps({"rater": self.rater, "item": self.i, "task": getattr(ex, "task", None),
                                     "model": m, "slot": chr(65 + k), "sc": float(self.sc[k].value),
                                     "pq": float(self.pq[k].value), "time": time.time()}) + "\n")
-        self.status.value = f"Saved example {self.i + 1}."
+        self.status.value = f"Saved example {self.i + 1} to {html.escape(str(self.path.resolve()))}."
         self.show(self.i + 1)
         return True
 

@@ -1,4 +1,6 @@
 """The rating widget driven headless: set values, press the buttons, check the JSONL file, the table and agreement."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -52,3 +54,12 @@ def test_alpha_and_bad_input(tmp_path, examples):
     (tmp_path / "bad.jsonl").write_text('{"rater": "a", "item": 0, "task": "t", "model": "m", "sc": 0.7, "pq": 1}\n')
     with pytest.raises(ValueError, match="sc and pq"):
         Rt.load_ratings(tmp_path / "bad.jsonl")
+
+
+def test_default_path_is_under_the_current_folder(tmp_path, examples, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in Jupyter: the notebook's folder
+    s = Rt.RatingStudy(examples[:1], {"a": [examples[0].target]}, rater="ann")
+    assert s.path == Path(Rt.DEFAULT_PATH) and not s.path.is_absolute()
+    s.sc[0].value, s.pq[0].value = 1.0, 0.5
+    assert s.on_save()
+    assert len(Rt.load_ratings(tmp_path / Rt.DEFAULT_PATH)) == 1 and str(tmp_path) in s.status.value
