@@ -59,9 +59,11 @@ class ModelConfig:
         # JSON turns tuples into lists: accept both, store tuples so the config stays hashable.
         for f in ("channel_mult", "attn_levels"):
             v = getattr(self, f)
-            if isinstance(v, int):
+            if isinstance(v, int) and not isinstance(v, bool):
                 v = (v,)
-            object.__setattr__(self, f, tuple(int(x) for x in v))
+            if not isinstance(v, (tuple, list)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                raise ConfigError(f"ModelConfig.{f}={v!r}: give integers, e.g. (1, 2) (on the command line 1:2)")
+            object.__setattr__(self, f, tuple(v))
         self.validate()
 
     # -- derived sizes --------------------------------------------------------------------------------------
@@ -86,6 +88,12 @@ class ModelConfig:
         def bad(field, msg):
             raise ConfigError(f"ModelConfig.{field}={getattr(self, field)!r}: {msg}")
 
+        kinds = {"int": ((int,), "an integer"), "bool": ((bool,), "true or false"), "str": ((str,), "a string"),
+                 "float": ((int, float), "a number"), "tuple": ((tuple,), "a tuple")}
+        for f in dataclasses.fields(self):  # types first: a string where a number belongs is named, not a TypeError
+            v, (want, words) = getattr(self, f.name), kinds[str(f.type)]
+            if not isinstance(v, want) or (isinstance(v, bool) and bool not in want):
+                bad(f.name, f"must be {words}, like the default {f.default!r}")
         if self.dtype not in DTYPES:
             bad("dtype", f"use one of {DTYPES}")
         if not self.channel_mult:

@@ -1044,14 +1044,18 @@ def cli_eval(argv=None) -> int:
     "Single-task" column (each on its own task; a second model of a task gets a column "Single-task (RUN)");
     'no_instruction' models see `no_instruction_text`."""
     from .checkpoint import export_of
+    from .cli import fail
+    from .diffusion import CLIP_MODES, SAMPLERS
+    from .paths import atomic_write, check_output
     from .pipeline import Generator
 
     p = argparse.ArgumentParser(prog="iimagen eval", description=cli_eval.__doc__.split(":")[0])
     p.add_argument("--checkpoint", required=True, help="exported Instruct-Imagen folder (or a run's workdir)")
     p.add_argument("--baselines", nargs="*", default=[], help="more exported folders or workdirs (multi-task, w/o stage 1, ...)")
     p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite table.md, scores.json and fig4.png in --out")
     p.add_argument("--n", type=int, default=16, help="examples per task")
-    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", default="paper", help="'paper' (w=25, oscillating), 'none', or a scale w")
     p.add_argument("--context-guidance", type=float, default=None,
@@ -1061,23 +1065,27 @@ def cli_eval(argv=None) -> int:
                         "example without [ref#I] or a model without context)")
     p.add_argument("--oscillate", action=argparse.BooleanOptionalAction, default=None,
                    help="guidance on every other step (default: on for 'paper', off for a number)")
-    p.add_argument("--clip", default="dynamic", help="x0 thresholding while sampling: dynamic (Imagen), static, none")
+    p.add_argument("--clip", default="dynamic", choices=list(CLIP_MODES),
+                   help="x0 thresholding while sampling: dynamic (Imagen), static, none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", nargs="*", default=None, help="default: all in-domain and zero-shot tasks")
     p.add_argument("--context-use", action="store_true",
                    help="also measure each model's loss with the true / another example's / no context (context_use)")
     a = p.parse_args(argv)
+    outputs = ("table.md", "scores.json", "fig4.png")
     try:
-        from .pipeline import parse_guidance
+        from .pipeline import check_sampling, parse_guidance
 
         # a bad value fails before any load
         guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate, a.reference_guidance)
+        check_sampling(a.sampler, a.steps)
         if a.n < 1:
             raise EvalError(f"--n {a.n}: give at least 1 example per task")
         tasks = a.tasks or list(IN_DOMAIN + ZERO_SHOT)
         for t in tasks:
             if t not in IN_DOMAIN + ZERO_SHOT:
                 raise EvalError(f"--tasks {t!r}: use some of {', '.join(IN_DOMAIN + ZERO_SHOT)}")
+        check_output(a.out, outputs, a.force)  # before any model is loaded: the results are never lost to a bad --out
         models, given = {}, set()
         for d in [a.checkpoint] + list(a.baselines):
             folder = export_of(d).resolve()
@@ -1108,16 +1116,17 @@ def cli_eval(argv=None) -> int:
                             gen.model, gen.tokenizer, ts, max(a.n, CONTEXT_USE_MIN_N), a.seed,
                             variant=model_variant(gen)))
     except (ValueError, FileNotFoundError) as e:
-        print(f"iimagen eval: {e}", file=sys.stderr)
-        return 2
+        return fail("iimagen eval", e)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table_markdown(res) + (context_use_markdown(use) if use else ""))
-    (out / "scores.json").write_text(json.dumps({
+    table = table_markdown(res) + (context_use_markdown(use) if use else "")
+    atomic_write(out / "table.md", lambda f: f.write_text(table))
+    scores = json.dumps({
         "results": res, "context_use": use, "n": a.n, "sampler": a.sampler, "steps": a.steps, "guidance": a.guidance,
         "context_guidance": a.context_guidance, "reference_guidance": a.reference_guidance,
         "oscillate": guidance.oscillate, "clip": a.clip, "seed": a.seed,
-        "judges": load_judges()["report"]}, indent=1))
-    plot_fig4(res, out / "fig4.png")
+        "judges": load_judges()["report"]}, indent=1)
+    atomic_write(out / "scores.json", lambda f: f.write_text(scores))
+    atomic_write(out / "fig4.png", lambda f: plot_fig4(res, f))
     print(json.dumps({"out": str(out), "models": list(res), "tasks": len(tasks)}))
     return 0

@@ -30,6 +30,11 @@ Checkpoints are orbax (atomic, no pickle) and hold parameters, EMA, optimizer, s
 deterministic in (seed, step), so a run killed at any point and started again with the same command continues with
 the same batches and the same losses. Each checkpoint keeps a fingerprint of the data (`Loader.fingerprint`); a run
 resumed on other data (a newer kit whose examples changed, another --seed or --names) warns and trains on.
+
+Nothing silent, nothing lost (docs/reliability.md): every option is checked before anything is created or compiled;
+a non-finite loss, gradient or weight stops the run (`DivergedError`) at the step it appears, with the last good
+checkpoint kept and nothing non-finite saved or exported; Ctrl-C finishes (or discards) the checkpoint being written;
+a workdir whose metrics would be lost (records but no checkpoint) is started over only with --force.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,13 +57,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from iimagen import checkpoint as ckpt_lib
 from iimagen import diffusion
-from iimagen.configs import ModelConfig, get_config
+from iimagen.configs import CONFIGS, DTYPES, ModelConfig, get_config
 from iimagen.model import GROWABLE, InstructImagen, grow
 from iimagen.tasks import STAGE2_MIXTURE, check_mixture
 
 
 class TrainError(ValueError):
     """A training run cannot start as asked; the message names the option and the fix."""
+
+
+class DivergedError(TrainError):
+    """The loss, the gradient norm or a weight became NaN/inf; the message names the step and the likely cause."""
 
 
 # Per-stage defaults for the kit's small models; the paper's (2.76 B params, batch 512) are in the comments.
@@ -99,15 +109,18 @@ class TrainConfig:
     pool_size: int = 4096              # stage 1: images in the retrieval pool that clusters are mined from
     workers: int | None = None         # data worker processes (None: one per core, up to 16; 0: a thread)
     export_dtype: str = "float32"      # weights of workdir/export: float32 | bfloat16 (half the size)
+    force: bool = False                # start over in a workdir whose metrics would be lost (records, no checkpoint)
 
     def resolved(self) -> "TrainConfig":
-        d = STAGE_DEFAULTS.get(self.stage)
+        """This config with the stage's defaults filled in, every field checked (nothing is created or compiled)."""
+        d = STAGE_DEFAULTS.get(self.stage) if isinstance(self.stage, int) and not isinstance(self.stage, bool) else None
         if d is None:
             raise TrainError(f"--stage {self.stage} is not a stage; use 0 (text-to-image), 1 (retrieval) or 2 (instructions)")
         out = dataclasses.replace(self)
         for k in ("steps", "lr", "warmup"):
             if getattr(out, k) is None:
                 setattr(out, k, d[k])
+        out.check_ranges()
         if out.names not in ("nonce", "world"):
             raise TrainError(f"--names {out.names!r}: use nonce (a made-up subject name per example, style "
                              f"references unnamed) or world (the subjects' and styles' own names)")
@@ -126,7 +139,82 @@ class TrainConfig:
                 raise TrainError(f"--mixture and --variant {out.variant} conflict: a single-task run has no mixture; "
                                  f"use one of them")
             mixture_weights(out.mixture)  # a bad name or weight fails here, before any compile
+        if out.variant != "instruct":
+            from iimagen.data import parse_variant
+
+            try:
+                parse_variant(out.variant)
+            except ValueError as e:
+                raise TrainError(f"--variant {out.variant!r}: use instruct, no_instruction or single_task=<task> "
+                                 f"({e})") from None
+        if out.config not in CONFIGS:
+            raise TrainError(f"--config {out.config!r}: use one of {', '.join(CONFIGS)}")
+        added = parse_overrides(out.override)
+        if out.stage == 0:
+            try:
+                get_config(out.config, use_context=False, **added, **({"dtype": out.dtype} if out.dtype else {}))
+            except ValueError as e:
+                raise TrainError(f"--override {out.override!r}: {e}") from None
+        else:
+            if not out.init:
+                raise TrainError(f"stage {out.stage} starts from an earlier stage: pass --init WORKDIR_OR_CHECKPOINT "
+                                 f"(stage 1 from a stage-0 run, stage 2 from a stage-1 run)")
+            if not Path(out.init).exists():
+                raise TrainError(f"--init {out.init}: no such folder; give a training workdir or an exported "
+                                 "checkpoint (WORKDIR/export)")
+            settable = [k for k in GROWABLE if k != "use_context"] + ["ctx_query_pos"]
+            if set(added) - set(settable):
+                raise TrainError(f"--override {out.override!r}: stage {out.stage} keeps the --init model's layout; "
+                                 "only " + ", ".join(f"{k}=true|false" for k in settable) + " can be set (parts added "
+                                 "at identity; ctx_query_pos when the context branch is attached)")
+            for k, v in added.items():
+                if not isinstance(v, bool):
+                    raise TrainError(f"--override {k}={v}: give {k}=true or {k}=false")
+        from iimagen.paths import check_output
+
+        try:
+            check_output(out.workdir, option="--workdir")
+        except ValueError as e:
+            raise TrainError(str(e)) from None
         return out
+
+    def check_ranges(self):
+        """Every numeric and named field in its range (None allowed where the field says so)."""
+        def need(ok: bool, field: str, what: str):
+            if not ok:
+                flag = "--" + field.replace("_", "-")
+                raise TrainError(f"{flag} {getattr(self, field)!r}: {what}")
+
+        def num(v, lo=-math.inf, hi=math.inf, integer=False) -> bool:
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                return False
+            if integer and not float(v).is_integer():
+                return False
+            return math.isfinite(v) and lo <= v <= hi
+
+        need(num(self.steps, 1, integer=True), "steps", "give the number of training steps, an integer >= 1")
+        need(num(self.batch_size, 1, integer=True), "batch_size", "give a global batch size >= 1")
+        need(num(self.lr, 0, 1.0) and self.lr > 0, "lr", "give a finite learning rate in (0, 1] (the stage "
+             "defaults are 1e-3 / 5e-4; a larger one diverges)")
+        need(num(self.warmup, 0, integer=True), "warmup", "give warm-up steps, an integer >= 0")
+        need(num(self.clip, 0) and self.clip > 0, "clip", "give a finite gradient-norm clip > 0 (default 1.0)")
+        need(num(self.ctx_lr_scale, 0) and self.ctx_lr_scale > 0, "ctx_lr_scale",
+             "give a positive multiple of --lr (1: one learning rate for every weight, as the paper)")
+        need(num(self.ema, 0, 1) and self.ema < 1, "ema", "give an EMA decay in [0, 1), e.g. 0.999")
+        need(self.dtype is None or self.dtype in DTYPES, "dtype", f"use one of {', '.join(DTYPES)}")
+        need(num(self.seed, 0, integer=True), "seed", "give an integer >= 0")
+        for f in ("log_every", "ckpt_every", "keep"):
+            need(num(getattr(self, f), 1, integer=True), f, "give an integer >= 1 (--keep 1 keeps the latest "
+                 "checkpoint, which resuming needs)" if f == "keep" else "give an integer >= 1")
+        need(num(self.sample_every, 0, integer=True), "sample_every", "give an integer >= 0 (0: no sample grids)")
+        need(self.time_budget is None or num(self.time_budget, 0) and self.time_budget > 0, "time_budget",
+             "give seconds > 0, or leave it out")
+        need(num(self.pool_size, 8, integer=True), "pool_size", "give at least 8 pool images (default 4096)")
+        need(self.workers is None or num(self.workers, 0, integer=True), "workers", "give an integer >= 0")
+        need(self.export_dtype in ckpt_lib.PARAMS_DTYPES, "export_dtype",
+             f"use one of {', '.join(ckpt_lib.PARAMS_DTYPES)}")
+        need(isinstance(self.workdir, (str, os.PathLike)) and str(self.workdir).strip() != "", "workdir",
+             "give a folder for checkpoints, metrics and the export")
 
 
 def mixture_weights(text: str) -> dict | None:
@@ -161,16 +249,10 @@ def build_model(tc: TrainConfig) -> InstructImagen:
         if tc.init:
             raise TrainError("stage 0 starts from scratch; drop --init (or use --stage 1/2 to fine-tune)")
         return create_model(get_config(tc.config, use_context=False, **overrides), tc.seed)
-    if not tc.init:
-        raise TrainError(f"stage {tc.stage} starts from an earlier stage: pass --init WORKDIR_OR_CHECKPOINT "
-                         f"(stage 1 from a stage-0 run, stage 2 from a stage-1 run)")
-    # Stages 1 and 2 keep the weights' layout; the only change is adding parts that start at identity.
+    # Stages 1 and 2 keep the weights' layout; the only change is adding parts that start at identity (the override's
+    # fields were checked by TrainConfig.resolved).
     settable = [k for k in GROWABLE if k != "use_context"]  # stages 1 and 2 always have the context branch
     added = parse_overrides(tc.override)
-    if set(added) - set(settable) - {"ctx_query_pos"}:
-        raise TrainError(f"--override {tc.override!r}: stage {tc.stage} keeps the --init model's layout; only "
-                         + ", ".join(f"{k}=true|false" for k in settable) + " (parts added at identity) and "
-                         "ctx_query_pos=true|false (when the context branch is attached) can be set")
     model, _, meta = load_any(tc.init)
     if model.cfg.name != tc.config:
         raise TrainError(f"--init {tc.init} holds a {model.cfg.name!r} model but --config is {tc.config!r}; "
@@ -237,7 +319,10 @@ def load_latest_ema(workdir) -> tuple:
     step = mngr.latest_step()
     if step is None:
         raise TrainError(f"{workdir} holds no checkpoint yet; wait for --ckpt-every steps, or give an export folder")
-    meta = read_meta(mngr, step)
+    try:
+        meta = read_meta(mngr, step)
+    except Exception as e:  # noqa: BLE001
+        raise damaged(mngr, step, e) from None
     cfg = ModelConfig.from_dict(meta["model"])
     graphdef, params = nnx.split(nnx.eval_shape(lambda: InstructImagen(cfg, nnx.Rngs(0))), nnx.Param)
     flat, treedef = jax.tree_util.tree_flatten(params)
@@ -249,7 +334,10 @@ def load_latest_ema(workdir) -> tuple:
     # Read the EMA leaves only (a partial restore: parameters and optimizer state stay on disk).
     only = ocp.args.PyTreeRestore(item={k: 0 for k in ema}, partial_restore=True,
                                   restore_args={k: ocp.RestoreArgs(restore_type=np.ndarray) for k in ema})
-    part = mngr.restore(step, args=ocp.args.Composite(state=only))["state"]
+    try:
+        part = mngr.restore(step, args=ocp.args.Composite(state=only))["state"]
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types for a damaged folder
+        raise damaged(mngr, step, e) from None
     model = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [jnp.asarray(part[k]) for k in ema]))
     return model, load_tokenizer(), {**meta["train"], "steps": int(step), "from_checkpoint": True}
 
@@ -334,9 +422,13 @@ def make_train_step(graphdef, tx, tc: TrainConfig, n_tasks: int):
         decay = jnp.minimum(tc.ema, (1.0 + step) / (10.0 + step))
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
         task = batch["task_id"]
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite = finite & jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": grad_norm,
+            "finite": finite,  # loss, gradient and every new weight: checked by the loop before anything is saved
             "task_loss_sum": jax.ops.segment_sum(per_example, task, n_tasks),
             "task_count": jax.ops.segment_sum(jnp.ones_like(per_example), task, n_tasks),
         }
@@ -384,6 +476,14 @@ def save_state(mngr, state, meta: dict):
                                             meta=ocp.args.JsonSave({**meta, "leaf_names": names})))
 
 
+def damaged(mngr, step: int, err: Exception) -> TrainError:
+    """The error for a training checkpoint that cannot be read: which folder, and how to go on without it."""
+    folder = Path(mngr.directory) / str(step)
+    return TrainError(f"checkpoint {folder} cannot be read, it is damaged or incomplete ({type(err).__name__}: "
+                      f"{' '.join(str(err).split())[:200]}); move that folder away to resume from the checkpoint "
+                      "before it, or start a new --workdir")
+
+
 def read_meta(mngr, step: int) -> dict:
     """The JSON meta saved beside checkpoint `step` by `save_state` (train and model config, leaf names, wall_s)."""
     import orbax.checkpoint as ocp
@@ -396,14 +496,20 @@ def restore_state(mngr, template, tc: TrainConfig, cfg: ModelConfig):
     import orbax.checkpoint as ocp
 
     step = mngr.latest_step()
-    meta = read_meta(mngr, step)
+    try:
+        meta = read_meta(mngr, step)
+    except Exception as e:  # noqa: BLE001
+        raise damaged(mngr, step, e) from None
     leaves, names = _leaves(template)
     if meta.get("model") != _jsonable(dataclasses.asdict(cfg)) or names != meta.get("leaf_names"):
         raise TrainError(
             f"the checkpoint in {tc.workdir} was written by another config ({meta.get('model', {}).get('name')!r}, "
             f"stage {meta.get('train', {}).get('stage')}); use the same --config/--stage/--variant, or a new --workdir")
     abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in leaves.items()}
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types for a damaged folder
+        raise damaged(mngr, step, e) from None
     treedef = jax.tree_util.tree_structure(template)
     return jax.tree_util.tree_unflatten(treedef, [restored[k] for k in sorted(restored)]), meta
 
@@ -412,21 +518,40 @@ def restore_state(mngr, template, tc: TrainConfig, cfg: ModelConfig):
 # The loop
 # ----------------------------------------------------------------------------------------------------------------
 def train(tc: TrainConfig, progress: bool = True) -> dict:
-    """Run (or resume) one training run; returns a summary. Metrics go to `workdir/metrics.jsonl`."""
+    """Run (or resume) one training run; returns a summary. Metrics go to `workdir/metrics.jsonl`.
+
+    Raises `TrainError` for a bad option (before anything is created or compiled) and `DivergedError` when the loss,
+    the gradient norm or a weight becomes non-finite (the last good checkpoint is kept; nothing is exported)."""
+    tc = tc.resolved()
+    workdir = Path(tc.workdir).absolute()
+    mesh = make_mesh()
+    if tc.batch_size % mesh.size:
+        raise TrainError(f"--batch-size {tc.batch_size} must be a multiple of the {mesh.size} devices")
+    has_ckpt = any(d.name.isdigit() for d in (workdir / "checkpoints").glob("*"))
+    records = len(Path(workdir, "metrics.jsonl").read_text().splitlines()) if (workdir / "metrics.jsonl").is_file() else 0
+    if records and not has_ckpt and not tc.force:
+        raise TrainError(f"--workdir {workdir} holds {records} metric records but no checkpoint, so this run would "
+                         "start at step 0 and replace them; pass --force to start over, or choose a new --workdir")
+    created = not workdir.exists()
+    try:
+        return _train(tc, workdir, mesh, progress)
+    except BaseException:
+        if created:  # a run that failed before its first checkpoint leaves no empty folder behind (its metrics stay)
+            for sub in ("checkpoints", ""):
+                d = workdir / sub
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+        raise
+
+
+def _train(tc: TrainConfig, workdir: Path, mesh: Mesh, progress: bool) -> dict:
     import orbax.checkpoint as ocp
     from tqdm.auto import tqdm
 
     from iimagen.data import Loader
     from iimagen.tasks import TASK_NAMES
 
-    tc = tc.resolved()
-    workdir = Path(tc.workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    mesh = make_mesh()
-    n_dev, n_proc = mesh.size, jax.process_count()
-    if tc.batch_size % n_dev:
-        raise TrainError(f"--batch-size {tc.batch_size} must be a multiple of the {n_dev} devices")
-
+    n_proc = jax.process_count()
     # ==== Model, optimizer, state ====
     model = build_model(tc)
     cfg = model.cfg
@@ -434,6 +559,7 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     tx = make_optimizer(tc)
     state = init_state(params, tx, mesh, tc.fsdp)
 
+    workdir.mkdir(parents=True, exist_ok=True)
     mngr = ocp.CheckpointManager(workdir / "checkpoints",
                                  options=ocp.CheckpointManagerOptions(max_to_keep=tc.keep, create=True))
     meta = {"train": dataclasses.asdict(tc), "model": dataclasses.asdict(cfg)}
@@ -465,49 +591,79 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     log = open(workdir / "metrics.jsonl", "a")
     t0, t_last, seen_last = time.time(), time.time(), start
     bar = tqdm(total=tc.steps, initial=start, desc=f"stage {tc.stage} {tc.config}", disable=not progress)
-    step = start
+    step = done = start
     stopped_early = False
     # Dispatch is asynchronous: without a wait the loop would queue up every prefetched batch and overrun
     # --time-budget by as many steps (a 6 s budget took 161 s on a loaded CPU). It waits for the previous step, so one
-    # step stays queued and the device never waits for the host.
-    in_flight = None
-    for step, batch in loader:
-        if step >= tc.steps:
-            break
-        state, metrics = train_step(state, shard_batch(mesh, batch))
-        if in_flight is not None:
-            in_flight.block_until_ready()
-        in_flight = metrics["loss"]
-        done = step + 1
-        if done % tc.log_every == 0 or done == tc.steps:
-            m = jax.device_get(metrics)
-            now = time.time()
-            rec = {"step": done, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
-                   "images_per_s": (done - seen_last) * tc.batch_size / max(now - t_last, 1e-9),
-                   "step_time_s": (now - t_last) / max(done - seen_last, 1)}
-            cnt = m["task_count"]
-            rec["task_loss"] = {TASK_NAMES[i]: float(m["task_loss_sum"][i] / cnt[i]) for i in range(len(cnt)) if cnt[i]}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
-            t_last, seen_last = now, done
-        bar.update(1)
-        if done % tc.ckpt_every == 0:
-            save_state(mngr, state, {**meta, "wall_s": wall_before + time.time() - t0})
-        if tc.time_budget and time.time() - t0 > tc.time_budget:
-            stopped_early = True
-            break
-    bar.close()
-    loader.close()
+    # step stays queued and the device never waits for the host. The previous step's finiteness is read then (it is
+    # ready, so that costs no wait); the current step's is read before anything is logged, saved or exported.
+    in_flight, metrics = None, None
+    try:
+        for step, batch in loader:
+            if step >= tc.steps:
+                break
+            state, metrics = train_step(state, shard_batch(mesh, batch))
+            if in_flight is not None:
+                check_finite(in_flight, done, tc, mngr)
+            in_flight = metrics
+            done = step + 1
+            if done % tc.log_every == 0 or done == tc.steps:
+                m = jax.device_get(metrics)
+                check_finite(m, done, tc, mngr)
+                now = time.time()
+                rec = {"step": done, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
+                       "images_per_s": (done - seen_last) * tc.batch_size / max(now - t_last, 1e-9),
+                       "step_time_s": (now - t_last) / max(done - seen_last, 1)}
+                cnt = m["task_count"]
+                rec["task_loss"] = {TASK_NAMES[i]: float(m["task_loss_sum"][i] / cnt[i])
+                                    for i in range(len(cnt)) if cnt[i]}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
+                t_last, seen_last = now, done
+            bar.update(1)
+            if done % tc.ckpt_every == 0:
+                check_finite(metrics, done, tc, mngr)
+                save_state(mngr, state, {**meta, "wall_s": wall_before + time.time() - t0})
+            if tc.time_budget and time.time() - t0 > tc.time_budget:
+                stopped_early = True
+                break
+        if metrics is not None:
+            check_finite(metrics, done, tc, mngr)
+    except KeyboardInterrupt:
+        mngr.wait_until_finished()  # the checkpoint being written is completed (an unfinished one is never read)
+        raise KeyboardInterrupt(f"training stopped at step {done}; the latest checkpoint is step "
+                                f"{mngr.latest_step()}: run the same command to resume from it") from None
+    finally:
+        bar.close()
+        loader.close()
+        log.close()
+        mngr.wait_until_finished()
     final = int(jax.device_get(state["step"]))
     wall = time.time() - t0
     if mngr.latest_step() != final:
         save_state(mngr, state, {**meta, "wall_s": wall_before + wall})
     mngr.wait_until_finished()
-    log.close()
     export(workdir, graphdef, state, tc, cfg, wall=wall_before + wall)
     return {"workdir": str(workdir), "steps": final, "wall_s": wall, "total_wall_s": wall_before + wall,
             "compile_s": t_compile, "stopped_early": stopped_early}
+
+
+def check_finite(metrics: dict, step: int, tc: TrainConfig, mngr):
+    """Raise `DivergedError` when train step `step` gave a non-finite loss, gradient norm or weight."""
+    m = jax.device_get({k: metrics[k] for k in ("finite", "loss", "grad_norm")})
+    if bool(m["finite"]):
+        return
+    loss, gn = float(m["loss"]), float(m["grad_norm"])
+    what = (f"the loss is {loss}" if not math.isfinite(loss) else
+            f"the gradient norm is {gn}" if not math.isfinite(gn) else "a weight became NaN/inf")
+    mngr.wait_until_finished()
+    last = mngr.latest_step()
+    raise DivergedError(
+        f"training diverged at step {step}: {what}. Likely cause: the learning rate --lr {tc.lr:g} is too high for "
+        f"--optimizer {tc.optimizer} (try a tenth of it) or a longer --warmup; --clip {tc.clip:g} bounds each step's "
+        "gradient. " + (f"The last good checkpoint, step {last}, is kept: run again with a lower --lr to resume from "
+                        "it." if last is not None else "No checkpoint was written; nothing was exported."))
 
 
 def export(workdir: Path, graphdef, state, tc: TrainConfig, cfg: ModelConfig, wall: float | None = None):
@@ -518,7 +674,7 @@ def export(workdir: Path, graphdef, state, tc: TrainConfig, cfg: ModelConfig, wa
             "init": tc.init, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "wall_s": wall, "command": "iimagen train " + " ".join(_argv_of(tc))}
     if jax.process_index() == 0:
-        ckpt_lib.save_model(Path(workdir) / "export", model, meta, dtype=tc.export_dtype)
+        ckpt_lib.save_model(Path(workdir) / "export", model, meta, dtype=tc.export_dtype, overwrite=True)
 
 
 class DataChangedWarning(UserWarning):
@@ -553,18 +709,28 @@ def drop_lost_records(workdir, step: int) -> int:
     if not path.exists():
         return 0
     lines = path.read_text().splitlines()
-    keep = [x for x in lines if json.loads(x)["step"] <= step]
+    keep = [x for x in lines if _record(x) is not None and _record(x)["step"] <= step]  # a half-written line: dropped
     if len(keep) < len(lines):
         path.write_text("".join(x + "\n" for x in keep))
     return len(lines) - len(keep)
 
 
+def _record(line: str) -> dict | None:
+    try:
+        r = json.loads(line)
+    except ValueError:
+        return None
+    return r if isinstance(r, dict) and "step" in r else None
+
+
 def read_metrics(workdir) -> list[dict]:
-    """The metrics JSONL of a run, one dict per logged step (the last record wins for a step logged twice)."""
+    """The metrics JSONL of a run, one dict per logged step (the last record wins for a step logged twice; a line a
+    killed run left half-written is skipped)."""
     recs = {}
     for line in Path(workdir, "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        recs[r["step"]] = r
+        r = _record(line)
+        if r is not None:
+            recs[r["step"]] = r
     return [recs[k] for k in sorted(recs)]
 
 
@@ -595,18 +761,20 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    tc = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
+    tc.resolved()  # every option checked before anything starts
     if a.distributed:
         jax.distributed.initialize()
-    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**kw), not a.no_progress
+    return tc, not a.no_progress
 
 
 def cli_train(argv: list[str]) -> int:
+    from iimagen.cli import fail
+
     try:
         tc, progress = parse_args(argv)
         summary = train(tc, progress=progress)
-    except (TrainError, ckpt_lib.CheckpointError) as e:
-        print(f"iimagen train: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # TrainError, DivergedError, CheckpointError, ConfigError, DataError: all ValueErrors
+        return fail("iimagen train", e)
     print(json.dumps(summary))
     return 0
