@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, func, _ = COMMANDS[name]
     prog = f"iimagen {name}"
+    if not DEBUG:  # orbax's event-loop threads, after a failed restore that was already reported, print "Exception
+        sys.unraisablehook = lambda unraisable: None  # ignored" tracebacks at exit: noise, not a second error
     try:
         handler = getattr(import_module(module), func)
     except (ImportError, AttributeError) as e:

@@ -425,3 +425,19 @@ def test_cli_errors_are_one_line_tracebacks_only_with_debug(tmp_path, capsys, mo
     monkeypatch.setattr(pipeline, "cli_sample", bug)
     rc, err = run_cli(capsys, "sample")
     assert rc == 1 and one_line(err) and "--debug" in err and "ZeroDivisionError" in err
+
+
+def test_the_real_command_prints_one_line_for_a_truncated_checkpoint(exported, tmp_path):
+    """In a fresh process (no pytest hooks): orbax's event-loop noise after the failed read stays hidden."""
+    import subprocess
+    import sys
+
+    d = tmp_path / "copy"
+    shutil.copytree(exported, d)
+    DAMAGE["truncated file"](d)
+    Instruction("a red circle").save(tmp_path / "ins")
+    p = subprocess.run([sys.executable, "-m", "iimagen.cli", "sample", "--checkpoint", str(d), "--instruction",
+                        str(tmp_path / "ins"), "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                       cwd=paths.REPO, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+    assert p.returncode == 2 and one_line(p.stderr) and str(d) in p.stderr, p.stderr
+    assert not (tmp_path / "o").exists()
