@@ -156,12 +156,6 @@ class TrainConfig:
             except ValueError as e:
                 raise TrainError(f"--override {out.override!r}: {e}") from None
         else:
-            if not out.init:
-                raise TrainError(f"stage {out.stage} starts from an earlier stage: pass --init WORKDIR_OR_CHECKPOINT "
-                                 f"(stage 1 from a stage-0 run, stage 2 from a stage-1 run)")
-            if not Path(out.init).exists():
-                raise TrainError(f"--init {out.init}: no such folder; give a training workdir or an exported "
-                                 "checkpoint (WORKDIR/export)")
             settable = [k for k in GROWABLE if k != "use_context"] + ["ctx_query_pos"]
             if set(added) - set(settable):
                 raise TrainError(f"--override {out.override!r}: stage {out.stage} keeps the --init model's layout; "
@@ -170,13 +164,23 @@ class TrainConfig:
             for k, v in added.items():
                 if not isinstance(v, bool):
                     raise TrainError(f"--override {k}={v}: give {k}=true or {k}=false")
+        return out
+
+    def check_paths(self):
+        """--init names a folder (stages 1-2), and --workdir is, or can be made, a writable folder."""
         from iimagen.paths import check_output
 
+        if self.stage > 0:
+            if not self.init:
+                raise TrainError(f"stage {self.stage} starts from an earlier stage: pass --init WORKDIR_OR_CHECKPOINT "
+                                 f"(stage 1 from a stage-0 run, stage 2 from a stage-1 run)")
+            if not Path(self.init).exists():
+                raise TrainError(f"--init {self.init}: no such folder; give a training workdir or an exported "
+                                 "checkpoint (WORKDIR/export)")
         try:
-            check_output(out.workdir, option="--workdir")
+            check_output(self.workdir, option="--workdir")
         except ValueError as e:
             raise TrainError(str(e)) from None
-        return out
 
     def check_ranges(self):
         """Every numeric and named field in its range (None allowed where the field says so)."""
@@ -523,6 +527,7 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     Raises `TrainError` for a bad option (before anything is created or compiled) and `DivergedError` when the loss,
     the gradient norm or a weight becomes non-finite (the last good checkpoint is kept; nothing is exported)."""
     tc = tc.resolved()
+    tc.check_paths()
     workdir = Path(tc.workdir).absolute()
     mesh = make_mesh()
     if tc.batch_size % mesh.size:
@@ -598,47 +603,48 @@ def _train(tc: TrainConfig, workdir: Path, mesh: Mesh, progress: bool) -> dict:
     # step stays queued and the device never waits for the host. The previous step's finiteness is read then (it is
     # ready, so that costs no wait); the current step's is read before anything is logged, saved or exported.
     in_flight, metrics = None, None
-    try:
-        for step, batch in loader:
-            if step >= tc.steps:
-                break
-            state, metrics = train_step(state, shard_batch(mesh, batch))
-            if in_flight is not None:
-                check_finite(in_flight, done, tc, mngr)
-            in_flight = metrics
-            done = step + 1
-            if done % tc.log_every == 0 or done == tc.steps:
-                m = jax.device_get(metrics)
-                check_finite(m, done, tc, mngr)
-                now = time.time()
-                rec = {"step": done, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
-                       "images_per_s": (done - seen_last) * tc.batch_size / max(now - t_last, 1e-9),
-                       "step_time_s": (now - t_last) / max(done - seen_last, 1)}
-                cnt = m["task_count"]
-                rec["task_loss"] = {TASK_NAMES[i]: float(m["task_loss_sum"][i] / cnt[i])
-                                    for i in range(len(cnt)) if cnt[i]}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
-                t_last, seen_last = now, done
-            bar.update(1)
-            if done % tc.ckpt_every == 0:
+    interrupted = []
+    with stop_on_sigint(interrupted):
+        try:
+            for step, batch in loader:
+                if step >= tc.steps or interrupted:
+                    break
+                state, metrics = train_step(state, shard_batch(mesh, batch))
+                if in_flight is not None:
+                    check_finite(in_flight, done, tc, mngr)
+                in_flight = metrics
+                done = step + 1
+                if done % tc.log_every == 0 or done == tc.steps:
+                    m = jax.device_get(metrics)
+                    check_finite(m, done, tc, mngr)
+                    now = time.time()
+                    rec = {"step": done, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
+                           "images_per_s": (done - seen_last) * tc.batch_size / max(now - t_last, 1e-9),
+                           "step_time_s": (now - t_last) / max(done - seen_last, 1)}
+                    cnt = m["task_count"]
+                    rec["task_loss"] = {TASK_NAMES[i]: float(m["task_loss_sum"][i] / cnt[i])
+                                        for i in range(len(cnt)) if cnt[i]}
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
+                    t_last, seen_last = now, done
+                bar.update(1)
+                if done % tc.ckpt_every == 0:
+                    check_finite(metrics, done, tc, mngr)
+                    save_state(mngr, state, {**meta, "wall_s": wall_before + time.time() - t0})
+                if tc.time_budget and time.time() - t0 > tc.time_budget:
+                    stopped_early = True
+                    break
+            if metrics is not None:
                 check_finite(metrics, done, tc, mngr)
-                save_state(mngr, state, {**meta, "wall_s": wall_before + time.time() - t0})
-            if tc.time_budget and time.time() - t0 > tc.time_budget:
-                stopped_early = True
-                break
-        if metrics is not None:
-            check_finite(metrics, done, tc, mngr)
-    except KeyboardInterrupt:
-        mngr.wait_until_finished()  # the checkpoint being written is completed (an unfinished one is never read)
+        finally:
+            bar.close()
+            loader.close()
+            log.close()
+            mngr.wait_until_finished()  # the checkpoint being written is completed (an unfinished one is never read)
+    if interrupted:
         raise KeyboardInterrupt(f"training stopped at step {done}; the latest checkpoint is step "
-                                f"{mngr.latest_step()}: run the same command to resume from it") from None
-    finally:
-        bar.close()
-        loader.close()
-        log.close()
-        mngr.wait_until_finished()
+                                f"{mngr.latest_step()}: run the same command to resume from it")
     final = int(jax.device_get(state["step"]))
     wall = time.time() - t0
     if mngr.latest_step() != final:
@@ -647,6 +653,33 @@ def _train(tc: TrainConfig, workdir: Path, mesh: Mesh, progress: bool) -> dict:
     export(workdir, graphdef, state, tc, cfg, wall=wall_before + wall)
     return {"workdir": str(workdir), "steps": final, "wall_s": wall, "total_wall_s": wall_before + wall,
             "compile_s": t_compile, "stopped_early": stopped_early}
+
+
+class stop_on_sigint:
+    """While the loop runs, Ctrl-C (SIGINT) appends to `flag` instead of raising, so the loop stops between steps and
+    never inside an orbax save; a second Ctrl-C raises at once. Outside the main thread it does nothing."""
+
+    def __init__(self, flag: list):
+        self.flag, self.old = flag, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag.append(signum)
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
 
 
 def check_finite(metrics: dict, step: int, tc: TrainConfig, mngr):
@@ -762,7 +795,7 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     tc = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
-    tc.resolved()  # every option checked before anything starts
+    tc.resolved().check_paths()  # every option checked before anything starts
     if a.distributed:
         jax.distributed.initialize()
     return tc, not a.no_progress

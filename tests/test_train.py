@@ -308,3 +308,25 @@ def test_eight_devices_give_the_losses_of_one(tmp_path):
     np.testing.assert_allclose(out["fsdp8"], out["one"], rtol=2e-5)
     np.testing.assert_allclose(out["train_fsdp8"], out["one"], rtol=2e-5)  # every step ran, on the same batches
     assert out["one"][0] != out["one"][-1]  # the model trained: losses moved
+
+
+def test_ctrl_c_stops_in_one_line_with_every_checkpoint_whole_and_resumes(tmp_path):
+    """SIGINT mid-run: exit 130, one line naming the step and the checkpoint to resume from, no traceback (orbax's
+    included); every checkpoint folder on disk is complete, and the same command resumes from the latest."""
+    args = ["--stage", "0", "--override", MICRO, "--batch-size", "4", "--ckpt-every", "3", "--workers", "0",
+            "--workdir", str(tmp_path / "w")]
+    run = _run([*args, "--steps", "100000"])
+    ckdir = tmp_path / "w" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckdir / "6").is_dir() and run.poll() is None:
+        time.sleep(0.05)
+    assert run.poll() is None, "the run ended before it could be interrupted: " + run.stdout.read()
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 130
+    out = run.stdout.read()
+    assert "Traceback" not in out and "interrupted" in out and "run the same command to resume" in out, out
+    steps = sorted(int(d.name) for d in ckdir.iterdir() if d.name.isdigit())
+    assert steps and all(d.name.isdigit() for d in ckdir.iterdir()), list(ckdir.iterdir())  # no half-written folder
+    resumed = _run([*args, "--steps", str(steps[-1] + 1)])
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    assert [r["step"] for r in read_metrics(tmp_path / "w")][-1] == steps[-1] + 1
