@@ -7,6 +7,10 @@
 - Stage 2, instruction tuning on the mixture of Table 1 (`STAGE2_MIXTURE`): text-to-image 0.20 (0.15 plain + 0.05
   "artwork" captions that name a style), control 0.20 (depth/mask/edge 0.06 each, sketch 0.02), subject 0.40,
   styled generation 0.10, style transfer 0.10.
+- World v2: every subject is a fresh identity of the procedural family (`world.draw_subject`) and every style
+  reference a fresh procedural style (`world.draw_style`), from the training region in training and the held-out
+  region for `split='test'`; no identity recurs often enough to be learnt by heart, so only the references carry
+  them. The truth names subjects and styles by their keys.
 - Zero-shot compositions (`ZERO_SHOT_TASKS`: style+subject, multi-subject, control+subject, control+style) are
   evaluation-only: `draw_spec(..., training=True)` refuses them, and every training spec is checked by
   `check_training` (no composition, no held-out subject or style) before it is returned.
@@ -88,13 +92,15 @@ class Spec:
 
 @dataclass
 class Example:
-    """A realised example: `instruction` (iimagen.instruction.Instruction), `target` uint8 RxRx3, `truth` dict."""
+    """A realised example: `instruction` (iimagen.instruction.Instruction), `target` uint8 RxRx3, `truth` dict, and
+    the `spec` it was rendered from (the judges re-render its scene with other identities and styles)."""
 
     task: str
     instruction: object
     target: np.ndarray
     truth: dict
     drop: str | None = None
+    spec: Spec | None = None
 
     @property
     def task_id(self) -> int:
@@ -123,23 +129,26 @@ def check_training(spec: Spec) -> Spec:
         raise TaskError(f"spec for task {spec.task!r} is a zero-shot composition {composition(spec)}; "
                         f"zero-shot compositions are evaluation-only")
     scenes = [spec.scene] + [r.scene for r in spec.refs]
-    held = {s for sc in scenes for s in sc.subjects} & set(W.HELD_OUT_SUBJECTS)
-    held |= ({spec.style} | {r.style for r in spec.refs}) & set(W.HELD_OUT_STYLES)
+    held = {s.key for sc in scenes for s in sc.identities if s.held_out}
+    for st in [spec.style] + [r.style for r in spec.refs]:
+        if (st.held_out if isinstance(st, W.Style) else st in W.HELD_OUT_STYLES):
+            held.add(W.style_key(st))
     if held:
         raise TaskError(f"training spec for {spec.task!r} uses held-out {sorted(held)}; they are for evaluation only")
     return spec
 
 
-def _pools(split: str):
-    if split == "train":
-        return W.TRAIN_SUBJECTS, W.TRAIN_STYLES
-    if split == "test":
-        return W.HELD_OUT_SUBJECTS, W.HELD_OUT_STYLES
-    raise TaskError(f"split={split!r} is unknown; use 'train' (training subjects and styles) or 'test' (held out)")
+def _named_styles(split: str):
+    """The named styles an "artwork" caption may name in `split`."""
+    if split not in W.SPLITS:
+        raise TaskError(f"split={split!r} is unknown; use 'train' (the training region of the subject and style "
+                        f"families) or 'test' (the held-out region)")
+    return W.TRAIN_STYLES if split == "train" else W.HELD_OUT_STYLES
 
 
-def _subject_refs(rng, name, n):
-    return tuple(Ref("subject", W.repose(rng, W.Scene("white", (W.Obj("circle", subject=name),)))) for _ in range(n))
+def _subject_scenes(rng, subject: W.Subject, n: int) -> list:
+    """`n` reference scenes of one identity: new poses, places, sizes, company and backgrounds."""
+    return [W.random_scene(rng, n_objects=1 + int(rng.integers(0, 2)), subjects=[subject]) for _ in range(n)]
 
 
 def _marks(first: int, n: int) -> str:
@@ -173,7 +182,7 @@ def draw_spec(task: str, rng: np.random.Generator, split: str = "train", trainin
         raise TaskError(f"training draws use split='train', got {split!r}")
     if task == "retrieval":
         raise TaskError("task 'retrieval' is drawn from a RetrievalPool (stage 1): use RetrievalPool(...).spec(i, rng)")
-    subjects, styles = _pools(split)
+    styles = _named_styles(split)
     anonymous = training if anonymous is None else bool(anonymous)
     seed = int(rng.integers(2 ** 31))
     style, refs, cap, meta = None, (), None, {}
@@ -191,45 +200,44 @@ def draw_spec(task: str, rng: np.random.Generator, split: str = "train", trainin
         cap = W.caption(scene, rng)
         text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {REF_TEXT[kind]}"])
     elif task in ("subject", "style_subject", "multi_subject", "control_subject"):
-        names = [str(n) for n in rng.choice(subjects, 2 if task == "multi_subject" else 1, replace=False)]
-        scene = W.random_scene(rng, n_objects=len(names) + int(rng.integers(0, 2)), subjects=names)
-        shown = {}  # subject -> the name the text calls it
-        for nm in names:
-            shown[nm] = W.nonce_name(rng, avoid=shown.values()) if anonymous else nm
-        said = [shown[nm] for nm in names]
+        idents = [W.draw_subject(rng, split) for _ in range(2 if task == "multi_subject" else 1)]
+        scene = W.random_scene(rng, n_objects=len(idents) + int(rng.integers(0, 2)) if len(idents) > 1 else None,
+                               subjects=idents)
+        shown = {}  # subject key -> the name the text calls it
+        for s in idents:
+            shown[s.key] = W.nonce_name(rng, avoid=shown.values()) if anonymous else W.subject_name(s)
+        said = [shown[s.key] for s in idents]
         cap = W.caption(scene, rng, names=shown)
         if task == "subject":
             n = int(rng.integers(1, 4))
-            refs = tuple(Ref("subject", r.scene, None, said[0]) for r in _subject_refs(rng, names[0], n))
+            refs = tuple(Ref("subject", sc, None, said[0]) for sc in _subject_scenes(rng, idents[0], n))
             text = T.render(task, rng, caption=cap, refs=[f"{_marks(1, n)} {said[0]}"])
         elif task == "multi_subject":
-            refs = tuple(Ref("subject", r.scene, None, shown[nm]) for nm in names for r in _subject_refs(rng, nm, 1))
+            refs = tuple(Ref("subject", _subject_scenes(rng, s, 1)[0], None, shown[s.key]) for s in idents)
             text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {said[0]}", f"[ref#2] {said[1]}"])
         elif task == "style_subject":
-            style = str(rng.choice(styles))
-            refs = (Ref("subject", _subject_refs(rng, names[0], 1)[0].scene, None, said[0]),
+            style = W.draw_style(rng, split)
+            refs = (Ref("subject", _subject_scenes(rng, idents[0], 1)[0], None, said[0]),
                     Ref("style", _plain_scene(rng), style, "style image"))
             text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {said[0]}", "[ref#2] style image"])
         else:
             kind = str(rng.choice(list(REF_TEXT)))
-            refs = (Ref("subject", _subject_refs(rng, names[0], 1)[0].scene, None, said[0]),
+            refs = (Ref("subject", _subject_scenes(rng, idents[0], 1)[0], None, said[0]),
                     Ref(kind, scene, None, REF_TEXT[kind]))
             text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {said[0]}", f"[ref#2] {REF_TEXT[kind]}"],
                             control=kind)
-    elif task == "styled_generation":
-        scene, style = _plain_scene(rng), str(rng.choice(styles))
-        word = "style image" if rng.random() < 0.5 or anonymous else f"{style} style"
+    elif task == "styled_generation":  # a procedural style has no name: only its reference carries it
+        scene, style, word = _plain_scene(rng), W.draw_style(rng, split), "style image"
         refs = (Ref("style", _plain_scene(rng), style, word),)
         cap = W.caption(scene, rng)
         text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {word}"])
     elif task == "style_transfer":
-        scene, style = _plain_scene(rng), str(rng.choice(styles))
-        word = "style image" if rng.random() < 0.5 or anonymous else f"{style} style"
+        scene, style, word = _plain_scene(rng), W.draw_style(rng, split), "style image"
         refs = (Ref("style", _plain_scene(rng), style, word), Ref("content", scene, None, "content image"))
         text = T.render(task, rng, refs=[f"[ref#1] {word}", "[ref#2] content image"])
     else:  # control_style
         kind = str(rng.choice(list(REF_TEXT)))
-        scene, style = _plain_scene(rng), str(rng.choice(styles))
+        scene, style = _plain_scene(rng), W.draw_style(rng, split)
         refs = (Ref(kind, scene, None, REF_TEXT[kind]), Ref("style", _plain_scene(rng), style, "style image"))
         cap = W.caption(scene, rng)
         text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {REF_TEXT[kind]}", "[ref#2] style image"],
@@ -281,11 +289,15 @@ def realize(spec: Spec, resolution: int, images: dict | None = None, with_truth:
     instruction = Instruction(spec.text, tuple(ctxs))
     if not with_truth:
         return Example(spec.task, instruction, target, {"task": spec.task, "caption": spec.caption,
-                                                        "style": spec.style, "drop": spec.drop}, spec.drop)
+                                                        "style": W.style_key(spec.style), "drop": spec.drop},
+                       spec.drop, spec)
     truth = W.truth(rend(spec.scene), spec.style, spec.caption)
-    truth.update(task=spec.task, refs=[{"kind": r.kind, "text": r.text, "style": r.style,
-                                        "subjects": r.scene.subjects} for r in spec.refs], drop=spec.drop, **spec.meta)
-    return Example(spec.task, instruction, target, truth, spec.drop)
+    idents = {s.key: s.params() for sc in [spec.scene] + [r.scene for r in spec.refs] for s in sc.identities}
+    styles = {st.key: st.params() for st in [spec.style] + [r.style for r in spec.refs] if isinstance(st, W.Style)}
+    truth.update(task=spec.task, refs=[{"kind": r.kind, "text": r.text, "style": W.style_key(r.style),
+                                        "subjects": r.scene.subjects} for r in spec.refs], drop=spec.drop,
+                 identities=idents, styles=styles, **spec.meta)
+    return Example(spec.task, instruction, target, truth, spec.drop, spec)
 
 
 def sample(task: str, n: int, seed: int, resolution: int, split: str = "train", pool=None,
@@ -298,6 +310,9 @@ def sample(task: str, n: int, seed: int, resolution: int, split: str = "train", 
     W.check_resolution(resolution)
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise TaskError(f"n={n!r} must be an int >= 0")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TaskError(f"seed={seed!r} must be an int >= 0")
+    _named_styles(split)
     if task == "retrieval":
         rng = np.random.default_rng([int(seed), task_id(task)])
         pool = pool or RetrievalPool(512, seed=int(seed))
@@ -339,7 +354,7 @@ SUBJECT_SLOT = "\x00"  # where a pool caption names its subject (RetrievalPool.c
 
 class RetrievalPool:
     """Stage-1 data (App. A.3.1): a pool of captioned world images (plain scenes, styled scenes with artwork
-    captions, single-subject scenes; training subjects and styles only), embedded with `retrieval.embed`, and
+    captions, and groups of 3-6 scenes of one fresh identity each; training regions only), embedded with `retrieval.embed`, and
     clusters of 5 similar-but-not-duplicate items: for each anchor, its top-10 neighbours by cosine similarity,
     near-duplicates removed (`dup_threshold`), truncated to 5; shorter clusters are dropped."""
 
@@ -350,17 +365,18 @@ class RetrievalPool:
         rng = np.random.default_rng([seed, 101])
         self.items = []  # (scene, style, caption with the subject's own name)
         self._templates = []  # the same captions with SUBJECT_SLOT where the subject's name goes
-        for _ in range(size):
+        while len(self.items) < size:
             u = rng.random()
-            if u < 0.35:
-                sc = W.random_scene(rng, n_objects=1 + int(rng.integers(0, 2)),
-                                    subjects=[str(rng.choice(W.TRAIN_SUBJECTS))])
-                st = None
+            if u < 0.35:  # a fresh identity, shown in several scenes (world v2: no identity recurs elsewhere)
+                ident = W.draw_subject(rng, "train")
+                group = [(sc, None) for sc in _subject_scenes(rng, ident, int(rng.integers(3, 7)))]
             else:
-                sc, st = W.random_scene(rng), (str(rng.choice(W.TRAIN_STYLES)) if u < 0.7 else None)
-            template = W.caption(sc, rng, style=st, names={s: SUBJECT_SLOT for s in sc.subjects})
-            self._templates.append(template)
-            self.items.append((sc, st, template.replace(SUBJECT_SLOT, sc.subjects[0]) if sc.subjects else template))
+                group = [(W.random_scene(rng), (str(rng.choice(W.TRAIN_STYLES)) if u < 0.7 else None))]
+            for sc, st in group[:size - len(self.items)]:
+                template = W.caption(sc, rng, style=st, names={s: SUBJECT_SLOT for s in sc.subjects})
+                self._templates.append(template)
+                self.items.append((sc, st, template.replace(SUBJECT_SLOT, W.subject_name(sc.identities[0]))
+                                   if sc.subjects else template))
         self.subject = np.asarray([it[0].subjects[0] if it[0].subjects else "" for it in self.items])
         self.style = np.asarray([it[1] or "" for it in self.items])
         imgs = np.stack([self.image(i, embed_resolution) for i in range(size)])
@@ -382,11 +398,11 @@ class RetrievalPool:
         return cache[key]
 
     def caption(self, i: int, names: dict | None = None) -> str:
-        """Item i's caption, its subject called `names[subject]` (default: the subject's own name)."""
+        """Item i's caption, its subject called `names[key]` (default: `world.subject_name`)."""
         sc, _, cap = self.items[i]
-        if not sc.subjects or not names:
+        if not sc.subjects or not names or sc.subjects[0] not in names:
             return cap
-        return self._templates[i].replace(SUBJECT_SLOT, names.get(sc.subjects[0], sc.subjects[0]))
+        return self._templates[i].replace(SUBJECT_SLOT, names[sc.subjects[0]])
 
     def spec(self, c: int, rng: np.random.Generator, anonymous: bool = False) -> tuple[Spec, list[int]]:
         """Stage-1 spec from cluster c: 1 target + 3 neighbours (raw captions), with the 10 %/10 % dropout.

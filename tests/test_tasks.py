@@ -53,8 +53,9 @@ def test_no_zero_shot_or_held_out_in_10000_training_draws():
         assert not T.is_zero_shot(s)
         c = T.composition(s)
         assert len(c["subjects"]) <= 1 and not (c["subjects"] and (c["style"] or c["control"]))
-        assert not c["subjects"] & set(W.HELD_OUT_SUBJECTS)
-        assert s.style not in W.HELD_OUT_STYLES and all(r.style not in W.HELD_OUT_STYLES for r in s.refs)
+        assert not any(i.held_out for sc in [s.scene] + [r.scene for r in s.refs] for i in sc.identities)
+        for st in [s.style] + [r.style for r in s.refs]:
+            assert not (st.held_out if isinstance(st, W.Style) else st in W.HELD_OUT_STYLES)
         key = "artwork" if s.meta.get("artwork") else s.task
         counts[key] = counts.get(key, 0) + 1
     for src, w in T.STAGE2_MIXTURE.items():  # mixture ratios within 3 standard errors
@@ -82,19 +83,21 @@ def test_examples_of_each_task():
                 r = W.render(T.draw_spec(task, np.random.default_rng([3, T.task_id(task)])).scene, 32)
                 assert np.array_equal(ins.contexts[0].image, W.mask_map(r))
         if task == "subject":
-            name = ex.truth["subjects"][0]
+            key = ex.truth["subjects"][0]
+            name = W.subject_name(ex.spec.scene.identities[0])
             assert 1 <= len(ins.contexts) <= 3 and all(c.kind == "subject" and name in c.text for c in ins.contexts)
-            assert name in ins.text
+            assert name in ins.text and all(r["subjects"][0] == key for r in ex.truth["refs"])
         if task == "style_transfer":
             assert ins.kinds == ["style", "content"] and ex.truth["caption"] is None
             for o in ex.truth["objects"]:  # no content words in the text
                 assert o["shape"] not in ins.text and (o["colour"] or "-") not in ins.text
         if task == "styled_generation":
-            assert ins.kinds == ["style"] and ex.truth["style"] in W.TRAIN_STYLES
+            assert ins.kinds == ["style"] and ex.truth["style"] == ex.truth["refs"][0]["style"]
+            assert not W.Style.from_params(ex.truth["styles"][ex.truth["style"]]).held_out
         if task == "multi_subject":
             assert len(set(ex.truth["subjects"])) == 2
     test = T.sample("subject", 3, 0, 32, split="test")
-    assert all(e.truth["subjects"][0] in W.HELD_OUT_SUBJECTS for e in test)
+    assert all(W.Subject.from_params(e.truth["identities"][e.truth["subjects"][0]]).held_out for e in test)
 
 
 def test_retrieval_examples_follow_stage1():
@@ -126,17 +129,17 @@ def test_stage1_training_calls_each_subject_by_one_nonce_name_in_target_and_neig
         anon, idx2 = pool.spec(c, np.random.default_rng(c), anonymous=True)
         assert idx == idx2 and (named.seed, named.drop, named.scene) == (anon.seed, anon.drop, anon.scene)
         texts = [anon.text] + [r.text for r in anon.refs]
-        assert not set(re.findall(r"[a-z]+", " ".join(texts))) & set(W.SUBJECT_NAMES)
         called = {}
         for i, text, named_text in zip(idx, texts, [named.text] + [r.text for r in named.refs]):
             subj = pool.items[i][0].subjects
             if not subj:
                 assert text == named_text
                 continue
-            before, after = re.split(rf"\b{subj[0]}\b", named_text)  # the caption names its subject once
+            own = W.subject_name(pool.items[i][0].identities[0])
+            before, after = re.split(rf"\b{own}\b", named_text)  # the caption names its subject once
             assert text.startswith(before) and text.endswith(after)
             nonce = text[len(before):len(text) - len(after)]
-            assert nonce.isalpha() and nonce not in W.SUBJECT_NAMES
+            assert nonce.isalpha() and nonce != own
             assert called.setdefault(subj[0], nonce) == nonce  # one name per subject within the example
         shared += pool.subject[idx[0]] != "" and pool.subject[idx[0]] in pool.subject[idx[1:]]
     assert shared > 10  # the target's subject is in its neighbours often enough to be read from them
@@ -163,27 +166,42 @@ def test_training_names_subjects_with_nonce_names_and_never_names_a_style_refere
         s = T.draw_spec("subject", rng, training=True)
         real = s.scene.subjects[0]
         nonce = s.refs[0].text
-        assert real in W.TRAIN_SUBJECTS and nonce not in W.SUBJECT_NAMES
+        assert not s.scene.identities[0].held_out and nonce not in W.SUBJECT_NAMES
+        assert nonce != W.subject_name(s.scene.identities[0])
         assert all(r.text == nonce and r.scene.subjects == [real] for r in s.refs)
         assert nonce in s.caption and nonce in s.text
-        assert not set(re.findall(r"[a-z]+", s.text)) & set(W.SUBJECT_NAMES)
         said.add(nonce)
     assert len(said) > 50  # a new name for (nearly) every example, not one alias per subject
     for task in ("styled_generation", "style_transfer"):
         for _ in range(20):
             s = T.draw_spec(task, rng, training=True)
-            assert s.refs[0].text == "style image" and s.style not in s.text
+            assert s.refs[0].text == "style image" and isinstance(s.style, W.Style)
     ms = T.draw_spec("multi_subject", np.random.default_rng(1), anonymous=True)
     assert len({r.text for r in ms.refs}) == 2 and not {r.text for r in ms.refs} & set(W.SUBJECT_NAMES)
 
 
 def test_named_draws_are_unchanged_by_the_nonce_option():
-    """Evaluation draws keep the world's names, and `anonymous=True` changes only the names: same scenes."""
+    """Evaluation draws call a subject by the name its key fixes (`world.subject_name`), and `anonymous=True` changes
+    only the names: same scenes. A procedural style has no name: its reference is always a "style image"."""
     named = T.draw_spec("subject", np.random.default_rng(5), split="test")
-    assert named.refs[0].text == named.scene.subjects[0] and named.scene.subjects[0] in named.text
+    own = W.subject_name(named.scene.identities[0])
+    assert named.refs[0].text == own and own in named.text
+    anon = T.draw_spec("subject", np.random.default_rng(5), split="test", anonymous=True)
+    assert anon.scene == named.scene and anon.refs[0].text != own
     words = {T.draw_spec("styled_generation", np.random.default_rng(k)).refs[0].text for k in range(20)}
-    assert "style image" in words and any(w.endswith(" style") for w in words)
+    assert words == {"style image"}
     a, b = (T.draw_spec("control_style", np.random.default_rng(2), anonymous=x) for x in (False, True))
     assert a == b  # no subject, no style name in the text: nothing to anonymise
     ex = T.sample("subject", 2, 7, 32, anonymous=True)
-    assert all(c.text not in W.SUBJECT_NAMES for e in ex for c in e.instruction.contexts)
+    assert all(c.text != W.subject_name(e.spec.scene.identities[0]) for e in ex for c in e.instruction.contexts)
+
+
+@pytest.mark.parametrize("kw, match", [({"task": "painting"}, "task='painting' is unknown"),
+                                       ({"split": "val"}, "split='val' is unknown"),
+                                       ({"seed": -1}, "seed=-1 must be an int >= 0"),
+                                       ({"seed": "a"}, "seed='a' must be an int"),
+                                       ({"resolution": 48}, "resolution=48 is not supported")])
+def test_bad_task_split_seed_or_resolution_is_a_clear_error(kw, match):
+    args = {"task": "subject", "n": 1, "seed": 0, "resolution": 32, **kw}
+    with pytest.raises(ValueError, match=match):
+        T.sample(**args)

@@ -7,20 +7,19 @@ from iimagen import world as W
 
 def test_vocabulary_sizes():
     assert len(W.SHAPES) >= 8 and len(W.COLOURS) >= 8 and len(W.BACKGROUNDS) >= 6
-    assert len(W.SUBJECTS) >= 50 and len(W.HELD_OUT_SUBJECTS) >= 10 and len(set(W.SUBJECT_NAMES)) == len(W.SUBJECTS)
+    assert len(W.SUBJECTS) >= 12 and len(set(W.SUBJECT_NAMES)) == len(W.SUBJECTS)  # the named gallery
+    assert any(s.held_out for s in W.SUBJECTS) and not all(s.held_out for s in W.SUBJECTS)
     assert len(W.STYLES) >= 12 and len(W.HELD_OUT_STYLES) >= 3
-    assert not set(W.HELD_OUT_SUBJECTS) & set(W.TRAIN_SUBJECTS)
     assert not set(W.HELD_OUT_STYLES) & set(W.TRAIN_STYLES)
     assert len(W.PHRASINGS) >= 10
-    # subject looks are distinct: no two share body shape, pattern, part and colours
-    looks = {(s.shape, s.pattern, s.part, s.colours) for s in W.SUBJECTS}
-    assert len(looks) == len(W.SUBJECTS)
+    # the family's discrete factors alone give 210 looks; colours, frequency and angle are continuous on top
+    assert len(W.BODY_SHAPES) * len(W.PATTERNS) * len(W.PARTS) >= 200
 
 
 @pytest.mark.parametrize("R", W.RESOLUTIONS)
 def test_render_deterministic(R):
-    a = W.random_scene(np.random.default_rng(3), subjects=["zib"] if "zib" in W.SUBJECT_NAMES else [W.SUBJECT_NAMES[0]])
-    b = W.random_scene(np.random.default_rng(3), subjects=["zib"] if "zib" in W.SUBJECT_NAMES else [W.SUBJECT_NAMES[0]])
+    a = W.random_scene(np.random.default_rng(3), subjects=[W.draw_subject(np.random.default_rng(1))])
+    b = W.random_scene(np.random.default_rng(3), subjects=[W.draw_subject(np.random.default_rng(1))])
     assert a == b
     ia, _ = W.make(a, R, style="mosaic")
     ib, _ = W.make(b, R, style="mosaic")
@@ -108,7 +107,7 @@ def test_styles_change_every_scene_and_differ():
 
 def test_captions_name_the_scene():
     rng = np.random.default_rng(0)
-    s = W.random_scene(rng, subjects=[W.SUBJECT_NAMES[5]])
+    s = W.random_scene(rng, subjects=[W.SUBJECTS[5]])
     texts = {W.caption(s, rng) for _ in range(60)}
     assert len(texts) >= 10
     assert all(W.SUBJECT_NAMES[5] in t for t in texts)
@@ -117,3 +116,75 @@ def test_captions_name_the_scene():
     corpus = " ".join(W.caption_corpus())
     for word in list(W.SHAPES) + list(W.COLOURS) + list(W.SUBJECT_NAMES) + list(W.STYLES) + list(W.BACKGROUNDS.values()):
         assert word in corpus
+
+
+# ------------------------------------------------------------------------------------------------ world v2
+def test_families_are_deterministic_in_the_seed():
+    for draw in (W.draw_subject, W.draw_style):
+        for split in W.SPLITS:
+            a = [draw(np.random.default_rng(4), split) for _ in range(3)]
+            b = [draw(np.random.default_rng(4), split) for _ in range(3)]
+            assert a == b and [x.key for x in a] == [x.key for x in b]
+        assert draw(np.random.default_rng(4)) != draw(np.random.default_rng(5))
+
+
+def test_training_draws_never_reach_the_held_out_regions():
+    """10 k training draws of each family: no held-out identity or style; every test draw is held out."""
+    rng = np.random.default_rng(0)
+    subs = [W.draw_subject(rng, "train") for _ in range(10_000)]
+    styles = [W.draw_style(rng, "train") for _ in range(10_000)]
+    assert not any(s.held_out for s in subs) and not any(s.held_out for s in styles)
+    assert all(W.draw_subject(rng, "test").held_out for _ in range(500))
+    assert all(W.draw_style(rng, "test").held_out for _ in range(500))
+    # the region is a combination: each of its factors alone is seen in training
+    lo, hi = W.HELD_OUT_REGION["hue"]
+    assert any(lo <= s.hsv[0][0] < hi for s in subs) and any(s.pattern in W.HELD_OUT_REGION["patterns"] for s in subs)
+    # identities do not recur: 10 k fresh draws, 10 k distinct keys
+    assert len({s.key for s in subs}) == len(subs) and len({s.key for s in styles}) == len(styles)
+
+
+def test_fresh_identities_look_different_at_32px():
+    """300 fresh identities in one fixed pose at 32 px: every pair differs visibly (mean |diff| > 2 of 255)."""
+    rng = np.random.default_rng(1)
+    imgs = np.stack([W.to_uint8(W.render(W.Scene("white", (W.Obj(s.shape, None, s, 0.5, 0.5, 0.3),)), 32).image)
+                     for s in (W.draw_subject(rng) for _ in range(300))]).reshape(300, -1).astype(np.float32)
+    d = np.abs(imgs[:, None] - imgs[None]).mean(-1)
+    assert d[np.triu_indices(300, 1)].min() > 2
+
+
+def test_subject_key_is_the_identity_and_survives_round_trips():
+    s = W.draw_subject(np.random.default_rng(2))
+    assert W.Subject.from_params(s.params()).key == s.key
+    st = W.draw_style(np.random.default_rng(2))
+    assert W.Style.from_params(st.params()).key == st.key
+    named = W.SUBJECTS[0]
+    assert named.key == W.Subject.from_params({**named.params(), "name": ""}).key  # the name is not the identity
+    sc = W.random_scene(np.random.default_rng(3), subjects=[s])
+    for R in W.RESOLUTIONS:  # the truth names the subject by its key at every resolution
+        assert W.truth(W.render(sc, R))["subjects"] == [s.key]
+
+
+def test_subjects_are_prominent():
+    """A subject's box is a median >= 20 % of the frame (world v2; it was 11 %)."""
+    rng = np.random.default_rng(5)
+    boxes = []
+    for _ in range(100):
+        t = W.truth(W.render(W.random_scene(rng, subjects=[W.draw_subject(rng)]), 32))
+        b = next(o["box"] for o in t["objects"] if o["subject"])
+        boxes.append((b[2] - b[0]) * (b[3] - b[1]))
+        assert len(t["objects"]) <= 3  # at most two other objects
+    assert np.median(boxes) >= 0.2
+
+
+def test_procedural_styles_differ_and_bad_inputs_are_named():
+    r = W.render(W.random_scene(np.random.default_rng(6)), 32)
+    rng = np.random.default_rng(7)
+    outs = [W.to_uint8(W.stylize(r.image, W.draw_style(rng))) for _ in range(20)]
+    base = W.to_uint8(r.image).astype(int)
+    assert all(np.abs(o - base).mean() > 3 for o in outs)
+    with pytest.raises(ValueError, match="'train'.*'test'"):
+        W.draw_subject(rng, "val")
+    with pytest.raises(ValueError, match="'train'.*'test'"):
+        W.draw_style(rng, "held_out")
+    with pytest.raises(ValueError, match="draw_subject"):
+        W.random_scene(rng, subjects=["zib"])

@@ -16,15 +16,18 @@ import numpy as np
 from .captions import ART_PHRASINGS, PHRASINGS, caption, caption_corpus, object_phrase
 from .controls import CONTROLS, control, depth_map, depth_value, edge_map, mask_map, region_ids, sketch_map
 from .render import RESOLUTIONS, Render, WorldError, background, check_resolution, render, to_uint8
-from .scene import (BACKGROUND_NAMES, BACKGROUNDS, COLOUR_NAMES, COLOURS, HELD_OUT_SUBJECTS, PARTS, PATTERNS,
-                    POSITIONS, SHAPES, SIZES, SUBJECT_BY_NAME, SUBJECT_NAMES, SUBJECTS, TRAIN_SUBJECTS, Obj, Scene,
-                    Subject, nonce_name, random_object, random_scene, repose)
-from .styles import HELD_OUT_STYLES, STYLES, TRAIN_STYLES, stylize
+from .scene import (BACKGROUND_NAMES, BACKGROUNDS, BODY_SHAPES, COLOUR_NAMES, COLOURS, HELD_OUT_REGION, PARTS,
+                    PATTERNS, POSITIONS, SHAPES, SIZES, SPLITS, SUBJECT_BY_NAME, SUBJECT_NAMES, SUBJECT_R, SUBJECTS,
+                    Obj, Scene, Subject, check_split, draw_subject, nonce_name, random_object, random_scene, repose,
+                    subject_name)
+from .styles import (HELD_OUT_STYLE_REGION, HELD_OUT_STYLES, STYLES, TEXTURES, TRAIN_STYLES, Style, draw_style,
+                     style_key, stylize)
 
 
 def truth(r: Render, style: str | None = None, caption_text: str | None = None) -> dict:
-    """Ground truth of a render: background, style, subjects, and per object its attributes, z-index, box
-    [x0, y0, x1, y1] (fractions of the side, from its own silhouette at >= 50 % coverage) and visible fraction."""
+    """Ground truth of a render: background, style (a named style's name or a procedural style's key), subjects (their
+    identity keys), and per object its attributes (a subject by its key), z-index, box [x0, y0, x1, y1] (fractions
+    of the side, from its own silhouette at >= 50 % coverage) and visible fraction."""
     R = r.resolution
     vis = r.visible()
     objs = []
@@ -33,9 +36,9 @@ def truth(r: Render, style: str | None = None, caption_text: str | None = None) 
         box = [float(xs.min()) / R, float(ys.min()) / R, float(xs.max() + 1) / R, float(ys.max() + 1) / R] \
             if len(xs) else [0.0, 0.0, 0.0, 0.0]
         area = float(c.sum())
-        objs.append({"z": i, "shape": o.shape, "colour": o.colour, "subject": o.subject, "size": o.size,
+        objs.append({"z": i, "shape": o.shape, "colour": o.colour, "subject": o.subject.key if o.subject else None, "size": o.size,
                      "position": o.position, "box": box, "visible": float(vis[i].sum()) / area if area else 0.0})
-    return {"background": r.scene.background, "style": style, "subjects": r.scene.subjects, "objects": objs,
+    return {"background": r.scene.background, "style": style_key(style), "subjects": r.scene.subjects, "objects": objs,
             "caption": caption_text}
 
 

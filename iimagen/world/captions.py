@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scene import BACKGROUNDS, COLOUR_NAMES, POSITIONS, SHAPES, SIZES, SUBJECT_NAMES, Obj, Scene
+from .scene import BACKGROUNDS, COLOUR_NAMES, POSITIONS, SHAPES, SIZES, SUBJECT_NAMES, Obj, Scene, subject_name
 from .styles import STYLES
 
 PHRASINGS = (
@@ -19,8 +19,11 @@ ART_PHRASINGS = (
 
 
 def object_phrase(o: Obj, with_position: bool = True, names: dict | None = None) -> str:
-    """How a caption names `o`; `names` maps a subject to the name the text uses (default: its own)."""
-    name = (names or {}).get(o.subject, o.subject) if o.subject else f"a {o.size} {o.colour} {o.shape}"
+    """How a caption names `o`; `names` maps a subject's key to the name the text uses (default: `subject_name`)."""
+    if o.subject is not None:
+        name = (names or {}).get(o.subject.key) or subject_name(o.subject)
+    else:
+        name = f"a {o.size} {o.colour} {o.shape}"
     return f"{name} {o.position}" if with_position else name
 
 
@@ -31,7 +34,7 @@ def _join(parts):
 def caption(scene: Scene, rng: np.random.Generator, style: str | None = None, positions: bool | None = None,
             names: dict | None = None) -> str:
     """A caption of `scene` in a random phrasing; with `style`, an artwork caption that names it. Objects are listed
-    nearest first (the order a person would name them). `names`: subject -> the name to call it (nonce names)."""
+    nearest first (the order a person would name them). `names`: subject key -> the name to call it (nonce names)."""
     if positions is None:
         positions = bool(rng.random() < 0.7)
     objs = _join([object_phrase(o, positions, names) for o in reversed(scene.objects)]) or "nothing"

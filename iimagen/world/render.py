@@ -12,13 +12,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from .scene import BACKGROUNDS, COLOURS, SUBJECT_BY_NAME, Obj, Scene
+from .scene import BACKGROUNDS, COLOURS, Obj, Scene, WorldError
 
 RESOLUTIONS = (32, 64, 128)
-
-
-class WorldError(ValueError):
-    """Bad input to the world (resolution, style, task...); the message names the field and the fix."""
 
 
 def check_resolution(resolution) -> int:
@@ -129,7 +125,7 @@ def _object_layer(o: Obj, R: int, ss: int):
         idx = body.view(np.uint8)
         palette = (COLOURS[o.colour],)
     else:
-        sj = SUBJECT_BY_NAME[o.subject]
+        sj = o.subject
         part = _part(sj.part, u, v)
         pat = _pattern(sj.pattern, u, v, sj.freq, sj.angle)
         idx = np.where(part, np.uint8(3), (body * (pat.view(np.uint8) + np.uint8(1))).astype(np.uint8))

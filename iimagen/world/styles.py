@@ -3,14 +3,24 @@
 A style is a function float RxRx3 [0, 1] -> float RxRx3 [0, 1] built from palette changes, quantisation, textures,
 outlines and sampling grids. Textures are fixed per resolution (not random), and all scales are relative to the
 image side, so a style looks the same on every scene and at every resolution: it is recognisable from one image.
+
+Two kinds:
+- **Procedural styles** (`Style`, world v2): a parametric family (hue rotation, saturation, gamma, quantisation,
+  texture type / period / angle, outline) drawn fresh in training by `draw_style`, with a held-out region for
+  evaluation (`HELD_OUT_STYLE_REGION`: hue rotation in [0.4, 0.6) *and* a dots or grid texture). Words cannot name
+  one: only a reference image carries it. `Style.key` is a hash of its parameters. Every style reference uses them.
+- **Named styles** (`STYLES`): 15 hand-made renderings ("mosaic", "neon"...) that text can name; text-to-image
+  "artwork" captions use them (there the text is the only carrier), the 3 of `HELD_OUT_STYLES` never in training.
 """
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from .render import WorldError
+from .scene import WorldError, check_split
 
 STYLES = ("posterized", "sepia", "inverted", "monochrome", "outlined", "mosaic", "halftone", "pencil drawing",
           "watercolour", "neon", "pop art", "pastel", "linocut", "pointillism", "blueprint")
@@ -73,10 +83,97 @@ def _cell_mean(x, cells):
     return (m / cnt[..., None])[idx[:, None], idx[None, :]]
 
 
-def stylize(x: np.ndarray, style: str | None) -> np.ndarray:
-    """Apply `style` (a name in STYLES, or None for none) to float image x in [0, 1]."""
+TEXTURES = ("none", "lines", "dots", "grid", "hatch")
+HELD_OUT_STYLE_REGION = {"hue": (0.4, 0.6), "textures": ("dots", "grid")}  # test styles: both, never in training
+
+
+@dataclass(frozen=True)
+class Style:
+    """A procedural style: rotate hues by `hue`, scale saturation by `sat`, raise value to `gamma`, quantise to
+    `levels` per channel (0: none), darken a `texture` of `period` (fraction of the side) at `angle`, draw an
+    `outline` ("none" | "dark" | "light")."""
+
+    hue: float
+    sat: float
+    gamma: float
+    levels: int
+    texture: str
+    period: float
+    angle: float
+    outline: str
+
+    @property
+    def key(self) -> str:
+        """Style key: a hash of the parameters."""
+        return "st" + hashlib.sha1(repr(tuple(self.params().values())).encode()).hexdigest()[:10]
+
+    @property
+    def held_out(self) -> bool:
+        lo, hi = HELD_OUT_STYLE_REGION["hue"]
+        return lo <= self.hue < hi and self.texture in HELD_OUT_STYLE_REGION["textures"]
+
+    def params(self) -> dict:
+        return {"hue": self.hue, "sat": self.sat, "gamma": self.gamma, "levels": self.levels,
+                "texture": self.texture, "period": self.period, "angle": self.angle, "outline": self.outline}
+
+    @classmethod
+    def from_params(cls, d: dict) -> "Style":
+        return cls(**{k: d[k] for k in ("hue", "sat", "gamma", "levels", "texture", "period", "angle", "outline")})
+
+
+def draw_style(rng: np.random.Generator, split: str = "train") -> Style:
+    """A fresh style from the family: the training region (`split='train'`) or the held-out one (`'test'`)."""
+    check_split(split)
+    lo, hi = HELD_OUT_STYLE_REGION["hue"]
+    r = lambda x, n=3: round(float(x), n)  # noqa: E731
+    if split == "test":  # rounded inside the region's half-open interval
+        hue, texture = min(r(rng.uniform(lo, hi)), hi - 0.001), str(rng.choice(HELD_OUT_STYLE_REGION["textures"]))
+    else:
+        hue, texture = r(rng.random()) % 1, str(rng.choice(TEXTURES))
+        if lo <= hue < hi and texture in HELD_OUT_STYLE_REGION["textures"]:
+            texture = str(rng.choice([t for t in TEXTURES if t not in HELD_OUT_STYLE_REGION["textures"]]))
+    return Style(hue, r(rng.choice([rng.uniform(0.0, 0.3), rng.uniform(0.8, 1.7)])), r(rng.uniform(0.6, 1.6)),
+                 int(rng.choice([0, 2, 3, 4])), texture, r(rng.uniform(0.1, 0.25)), r(rng.uniform(0, np.pi), 2),
+                 str(rng.choice(["none", "dark", "light"])))
+
+
+def _procedural(x: np.ndarray, st: Style) -> np.ndarray:
+    h, s, v = _rgb_to_hsv(x)
+    y = _hsv_to_rgb((h + st.hue) % 1, np.clip(s * st.sat, 0, 1), np.power(v, st.gamma))
+    if st.levels:
+        y = np.round(y * (st.levels - 1)) / (st.levels - 1)
+    if st.texture != "none":
+        R = x.shape[0]
+        c = (np.arange(R) + 0.5) / R / st.period
+        a = c[None, :] * np.cos(st.angle) + c[:, None] * np.sin(st.angle)
+        b = -c[None, :] * np.sin(st.angle) + c[:, None] * np.cos(st.angle)
+        fa, fb = a % 1, b % 1
+        if st.texture == "lines":
+            m = fa < 0.35
+        elif st.texture == "dots":
+            m = (fa - 0.5) ** 2 + (fb - 0.5) ** 2 < 0.09
+        elif st.texture == "grid":
+            m = (fa < 0.22) | (fb < 0.22)
+        else:  # hatch
+            m = (fa < 0.25) | ((a + b) % 1 < 0.25)
+        y = y * (1 - 0.45 * m[..., None])
+    if st.outline != "none":
+        e = np.clip(_edges(x) * 4 - 0.4, 0, 1)[..., None]
+        y = y * (1 - e) if st.outline == "dark" else y + (1 - y) * e
+    return y
+
+
+def style_key(style) -> str | None:
+    """The truth's name for a style: a named style's name, a procedural style's key, None for none."""
+    return style.key if isinstance(style, Style) else style
+
+
+def stylize(x: np.ndarray, style) -> np.ndarray:
+    """Apply `style` (a procedural `Style`, a name in STYLES, or None for none) to float image x in [0, 1]."""
     if style is None:
         return x
+    if isinstance(style, Style):
+        return np.clip(np.asarray(_procedural(x, style), np.float32), 0, 1)
     R = x.shape[0]
     L = _lum(x)
     if style == "posterized":
