@@ -134,7 +134,7 @@ def to_rgb_uint8(image, field: str = "image") -> np.ndarray:
                 f"(divide uint8-range data by 255, or map [-1, 1] data with (x + 1) / 2)")
     else:
         raise InstructionError(
-            f"{field}: dtype {image.dtype} is not supported; use uint8 (0..255), uint16 or float in [0, 1] "
+            f"{field}: dtype {image.dtype} is not supported; use uint8 (0..255) or float in [0, 1] "
             f"(e.g. image.astype(np.uint8) or image / 255.0)")
     c = x.shape[-1]
     if image.dtype == np.uint8 and c != 4:  # exact: no float round trip
