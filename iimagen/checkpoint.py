@@ -96,17 +96,19 @@ def checksum(flat: dict) -> str:
 
 
 def bad_weights(flat: dict) -> str | None:
-    """None when every floating weight is finite and below MAX_ABS_WEIGHT in size, else which one is not and how."""
+    """None when every floating weight is finite and below MAX_ABS_WEIGHT in size, else which one is not and how.
+    (Checked with numpy on the host: eager jax ops would compile once per weight shape, 18 s for `tiny` on 2 cores.)"""
     for k in sorted(flat):
         a = np.asarray(flat[k])
-        if not np.issubdtype(a.dtype, np.floating) and a.dtype.name != "bfloat16":
+        if not jnp.issubdtype(a.dtype, jnp.floating):
             continue
         a = a.astype(np.float32)
-        n_bad = int(np.size(a) - np.isfinite(a).sum())
+        n_bad = int(a.size - np.isfinite(a).sum())
         if n_bad:
             return f"{k!r} holds {n_bad} NaN/inf value{'s' if n_bad > 1 else ''}"
-        if a.size and float(np.abs(a).max()) > MAX_ABS_WEIGHT:
-            return f"{k!r} holds {float(np.abs(a).max()):.3g} (no trained weight exceeds {MAX_ABS_WEIGHT:.0e})"
+        top = float(np.abs(a).max()) if a.size else 0.0
+        if top > MAX_ABS_WEIGHT:
+            return f"{k!r} holds {top:.3g} (no trained weight exceeds {MAX_ABS_WEIGHT:.0e})"
     return None
 
 
