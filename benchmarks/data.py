@@ -46,7 +46,8 @@ def parse_trees(spec: str) -> dict:
     for part in spec.split(","):
         label, sep, path = part.partition("=")
         if not sep or not label or not path or label in trees:
-            raise SystemExit(f"--trees {spec!r}: give label=path pairs (distinct labels) separated by commas, e.g. old=/work/old,new=.")
+            raise SystemExit(f"--trees {spec!r}: give label=path pairs (distinct labels) separated by commas, "
+                             f"e.g. old=/work/old,new=.")
         p = Path(path).resolve()
         if not (p / "iimagen" / "__init__.py").is_file():
             raise SystemExit(f"--trees: {p} holds no iimagen/ package; give the root of a source tree")
