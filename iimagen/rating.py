@@ -90,6 +90,8 @@ class RatingStudy:
         cols = [w.VBox([w.HTML(f"<b>{chr(65 + k)}</b>"), self.images[k], self.sc[k], self.pq[k]])
                 for k in range(len(self.models))]
         self.widget = w.VBox([w.HTML(RUBRIC), self.header, self.instruction, w.HBox(cols), self.save, self.status])
+        self.widget.add_class("iimagen-rating")
+        self.status.add_class("iimagen-rating-status")
 
     def show(self, i: int):
         self.i = i

@@ -32,6 +32,7 @@ Works with ipywidgets 7.7.1 (Colab) and 8.x. Everything is also callable from co
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -54,6 +55,7 @@ DEFAULT_SETTINGS = {"sampler": "ddim", "steps": 25, "scale": 25.0, "context_scal
                     "clip": "dynamic", "references": ""}
 PAPER_SETTINGS = {"sampler": "ddpm", "steps": 256, "scale": 25.0, "context_scale": None, "oscillate": True,
                   "clip": "dynamic", "references": ""}
+PREVIEW_INVALID = "(the drawing returns when the instruction is valid)"
 HISTORY_SHOWN = 10  # runs listed under History (older ones stay in `Composer.history`)
 EMPTY_TEXT = ("text: the instruction text is empty; write it (point at context k with [ref#k]) or choose a template "
               "and press 'use template'")
@@ -158,6 +160,17 @@ def _in_kernel() -> bool:
     return ip is not None and hasattr(ip, "kernel")
 
 
+def _serial(method):
+    """Run the method under the Composer's edit lock. JupyterLab >= 4.4 hands widget events to kernel subshells,
+    so two clicks can run at once in two threads (and Generate runs in a third): without the lock a slow drawing
+    for an older state could land after a newer one (issue 34's stale preview)."""
+    @functools.wraps(method)
+    def locked(self, *a, **k):
+        with self._edit:
+            return method(self, *a, **k)
+    return locked
+
+
 @dataclass
 class Run:
     """One generation: the instruction used, the settings, the images made (fewer than asked when stopped)."""
@@ -197,6 +210,7 @@ class Composer:
         self.progress_callbacks: list = []  # f(done, total) after each image (tests press Stop from here)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # orders Stop against the end of a run (the status never ends on "stopping")
+        self._edit = threading.RLock()  # one edit of the instruction at a time (see _serial)
         self._running = False
         self._thread: threading.Thread | None = None
         self._tiles: list = []  # one Image widget per result
@@ -250,7 +264,7 @@ class Composer:
             src.set_title(i, t)
         self.context_box = W.VBox([])
         self.message = W.HTML("")
-        self.preview = W.Output()
+        self.preview = W.HTML("")  # the instruction drawn (Fig. 2 style), or PREVIEW_INVALID
         # settings: DEFAULT_SETTINGS fills them at the end of __init__'s build
         self.sampler = W.Dropdown(options=["ddim", "dpm", "ddpm"], description="sampler", layout=lay("180px"))
         self.steps = W.BoundedIntText(value=1, min=1, max=1000, description="steps", layout=lay("160px"))
@@ -291,13 +305,17 @@ class Composer:
             self.caption, self.text,
             h(f"2. Context (up to {self.K} for this model)"), row(src, self.source_preview), self.context_box,
             self.message, self.preview,
-            h("3. Settings"),
-            row(self.sampler, self.steps, self.seed, self.num_images, self.paper_button, self.default_button),
+            row(h("3. Settings"), self.paper_button, self.default_button),
+            row(self.sampler, self.steps, self.seed, self.num_images),
             row(self.scale, self.separate, self.context_scale, self.references, self.oscillate, self.clip),
             row(self.generate_button, self.stop_button, self.progress, self.busy, self.status),
             h("Results"), self.results_box, row(self.use_item, self.use_button), row(self.save_dir, self.save_button),
             h("History"), self.history_box,
         ])
+        for w, name in ((self.widget, "composer"), (self.message, "message"), (self.preview, "preview"),
+                        (self.status, "status"), (self.busy, "busy"), (self.results_box, "results"),
+                        (self.context_box, "contexts"), (self.history_box, "history")):
+            w.add_class(f"iimagen-{name}")  # CSS hooks (the browser test finds the parts by them)
         self.set_settings(DEFAULT_SETTINGS)
         # events
         self.template_button.on_click(lambda _: self.use_template())
@@ -389,11 +407,13 @@ class Composer:
         if j is not None:
             self.add_context(*items[j][1])
 
+    @_serial
     def _load_example(self):
         """Replace the text and contexts by the instruction of the selected example."""
         if self.example_item.value is not None:
             self.load_instruction(self._examples[self._example_names[self.example_item.value]])
 
+    @_serial
     def _on_upload(self, change):
         files = uploaded_files(change["new"])
         if not files:
@@ -415,6 +435,7 @@ class Composer:
             pass
 
     # ------------------------------------------------------------------------------------------------- contexts
+    @_serial
     def add_context(self, image, text: str = "", kind: str = "reference") -> bool:
         """Append a context (marker numbered for you); False with a message when it cannot be added."""
         if len(self.contexts) >= self.K:
@@ -431,6 +452,7 @@ class Composer:
         self._rebuild_contexts()
         return True
 
+    @_serial
     def remove_context(self, k: int):
         """Remove context k (1-based); markers in the text are renumbered, [ref#k] becomes [ref#?]."""
         if not 1 <= k <= len(self.contexts):
@@ -440,10 +462,12 @@ class Composer:
         self.text.value = renumber_after_removal(self.text.value, k)  # triggers refresh when changed
         self.refresh()
 
+    @_serial
     def insert_marker(self, k: int):
         c = self.contexts[k - 1]
         self.text.value = (self.text.value.rstrip() + f" {marker(k)} {c['text']}".rstrip()).strip()
 
+    @_serial
     def _rebuild_contexts(self, refresh: bool = True):
         W = self.W
         old, rows = self.context_box.children, []
@@ -467,6 +491,7 @@ class Composer:
             self.refresh()
 
     # ------------------------------------------------------------------------------------------------- text
+    @_serial
     def use_template(self, new_phrasing: bool = False):
         """Fill the text from the chosen task's template (`templates.render`): context k's marker + text fill
         `{refk}`; a ref with no context yet gets a placeholder naming what to add."""
@@ -490,6 +515,7 @@ class Composer:
         except ValueError as e:
             self._say(str(e), "error")
 
+    @_serial
     def clear(self):
         """Empty the text and remove every context."""
         self.contexts = []
@@ -497,6 +523,7 @@ class Composer:
         self.text.value = ""
         self.refresh()
 
+    @_serial
     def load_instruction(self, instruction: Instruction):
         """Replace text and contexts by `instruction`'s."""
         self.contexts = [{"image": c.image, "text": strip_marker(c.text), "kind": c.kind}
@@ -512,6 +539,7 @@ class Composer:
         """The instruction as composed now (raises InstructionError when invalid)."""
         return Instruction(self.text.value, tuple(Context(c["image"], c["text"], c["kind"]) for c in self.contexts))
 
+    @_serial
     def refresh(self, strict: bool = False):
         """Validate the instruction; show the error, or draw it (Fig. 2 style) when it changed. An empty text is a
         hint, not an error, until Generate is pressed (`strict`). While the instruction is invalid the preview says
@@ -532,22 +560,21 @@ class Composer:
                   + (f"; the text never mentions {', '.join(marker(k) for k in unused)}" if unused else ""), "ok")
         key = (ins.text, tuple((c.text, c.kind, id(c_["image"])) for c, c_ in zip(ins.contexts, self.contexts)))
         if self.show_preview and key != self._drawn:
-            # the figure as a PNG display message: works with ipywidgets 7 and 8, in Colab, and without a kernel
+            # the figure as an <img> in an HTML widget (ipywidgets 7 and 8, Colab). Not an Output widget: its
+            # frontend sends its outputs back to the kernel, and that echo can undo a newer preview (issue 34)
             import base64
 
             self._drawn = key
             buf = io.BytesIO()
             ins.draw().savefig(buf, format="png", dpi=72, bbox_inches="tight")
-            self.preview.outputs = ({"output_type": "display_data", "metadata": {},
-                                     "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
-                                              "text/plain": repr(ins)}},)
+            self.preview.value = (f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
+                                  f'alt="{_html(repr(ins))}" style="max-width:100%">')
         return ins
 
     def _clear_preview(self):
         if self.show_preview and self._drawn != "invalid":
             self._drawn = "invalid"
-            self.preview.outputs = ({"output_type": "display_data", "metadata": {},
-                                     "data": {"text/plain": "(the drawing returns when the instruction is valid)"}},)
+            self.preview.value = f"<i style=\"color:#777\">{PREVIEW_INVALID}</i>"
 
     # ------------------------------------------------------------------------------------------------- settings
     def settings(self) -> dict:
@@ -557,6 +584,7 @@ class Composer:
                 "num_images": int(self.num_images.value), "clip": self.clip.value,
                 "references": self.references.value.strip()}
 
+    @_serial
     def set_settings(self, s: dict):
         """Set the settings widgets from a dict of `settings()` (missing keys are kept): `DEFAULT_SETTINGS`,
         `PAPER_SETTINGS`, or a run's."""
@@ -735,6 +763,7 @@ class Composer:
         for r in rows[HISTORY_SHOWN:]:  # older runs leave the list (and the kernel); restore(i) still reaches them
             close_widget(r)
 
+    @_serial
     def restore(self, i: int):
         """Bring back run i (1-based): its instruction, settings and images."""
         if self._running:

@@ -235,7 +235,7 @@ def test_background_thread_run_and_failure_message(gen, tmp_path):
     c.generate_button.click()
     c.wait()
     assert len(c.results) == 2 and len(c.history) == 1 and "done" in c.status.value
-    assert len(c.preview.outputs) == 1  # the preview (Fig. 2 style) was drawn into its Output
+    assert c.preview.value.startswith("<img src=\"data:image/png;base64,")  # the preview (Fig. 2 style)
     c.generator = type("Broken", (), {"generate": lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")),
                                       "cfg": gen.cfg})()
     c.generate(wait=True)
@@ -348,10 +348,29 @@ def test_remove_context_clears_the_stale_preview(gen, tmp_path):
     c.add_context(rgb(1), "a dog", "subject")
     c.add_context(rgb(2), "watercolour", "style")
     c.text.value = "Generate [ref#1] in the style of [ref#2]"
-    assert "image/png" in c.preview.outputs[0]["data"]
+    assert "<img" in c.preview.value
     c.remove_context(1)
     assert is_error(c) and "[ref#?]" in c.text.value
-    assert "image/png" not in c.preview.outputs[0]["data"]  # no drawing of the two old contexts
-    assert "valid" in c.preview.outputs[0]["data"]["text/plain"]
+    assert "<img" not in c.preview.value and ui.PREVIEW_INVALID in c.preview.value  # not the two old contexts
     c.text.value = "Generate an image in the style of [ref#1]"
-    assert not is_error(c) and "image/png" in c.preview.outputs[0]["data"]  # drawn again (one context)
+    assert not is_error(c) and "<img" in c.preview.value  # drawn again (one context)
+
+
+def test_concurrent_events_do_not_leave_a_stale_preview(gen, tmp_path, monkeypatch):
+    """JupyterLab >= 4.4 runs widget events in kernel subshells: a click may arrive while an older one still draws."""
+    import threading
+    import time
+
+    c = Composer(gen, out_dir=tmp_path, background=False, preview=True)
+    c.add_context(rgb(1), "a dog", "subject")
+    c.text.value = "Generate [ref#1] on a beach"
+    draw = Instruction.draw
+    drawing = threading.Event()
+    monkeypatch.setattr(Instruction, "draw", lambda self, *a, **k: (drawing.set(), time.sleep(0.3),
+                                                                    draw(self, *a, **k))[2])
+    slow = threading.Thread(target=c.add_context, args=(rgb(3), "output 1", "reference"))  # draws 2 contexts
+    slow.start()
+    assert drawing.wait(10)
+    c.remove_context(1)  # meanwhile: [ref#1] -> [ref#?], invalid
+    slow.join()
+    assert is_error(c) and len(c.contexts) == 1 and "<img" not in c.preview.value
