@@ -53,8 +53,9 @@ IGNORED_CONSOLE = (r"net::ERR_NAME_NOT_RESOLVED \(https://colab\.research\.googl
 
 # ------------------------------------------------------------------------------------------------- set-up
 def _chromium() -> str | None:
-    for p in (os.environ.get("IIMAGEN_CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
-              "/usr/bin/chromium"):
+    """Debian's Chromium, or the browser IIMAGEN_CHROMIUM names (then that one only)."""
+    given = os.environ.get("IIMAGEN_CHROMIUM")
+    for p in ([given] if given else [shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium"]):
         if p and Path(p).is_file() and os.access(p, os.X_OK):
             return p
     return None
@@ -62,7 +63,7 @@ def _chromium() -> str | None:
 
 def _install_chromium() -> str | None:
     """Debian's Chromium through apt-get, when we are root (no Playwright download)."""
-    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
+    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get") or os.environ.get("IIMAGEN_CHROMIUM"):
         return None
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     print("test_browser: installing Debian's chromium (apt-get) ...", file=sys.stderr)
@@ -73,10 +74,23 @@ def _install_chromium() -> str | None:
     return _chromium()
 
 
-def _unavailable(reason: str):
+def _browser() -> tuple[str | None, str]:
+    """(Chromium's path, "") or (None, why not)."""
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return None, "playwright is not installed (pip install -e '.[dev]')"
+    chromium = _chromium() or _install_chromium()
+    if chromium is None:
+        return None, "no Chromium, and not root to apt-get install it (or set IIMAGEN_CHROMIUM)"
+    return chromium, ""
+
+
+CHROMIUM, WHY_NOT = _browser()
+if CHROMIUM is None:  # one line, for the whole module
     if CI:
-        pytest.fail(f"browser test under CI: {reason}", pytrace=False)
-    pytest.skip(f"browser test skipped: {reason}", allow_module_level=True)
+        pytest.fail(f"browser test under CI: {WHY_NOT}", pytrace=False)
+    pytest.skip(f"browser test skipped: {WHY_NOT}", allow_module_level=True)
 
 
 def _free_port() -> int:
@@ -88,13 +102,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A JupyterLab server on 127.0.0.1 serving a copy of notebooks 07 and 08 (what they write stays in the copy)."""
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        _unavailable("playwright is not installed (pip install -e '.[dev]')")
-    chromium = _chromium() or _install_chromium()
-    if chromium is None:
-        _unavailable("no Chromium (apt-get install chromium as root, or set IIMAGEN_CHROMIUM)")
     tmp = tmp_path_factory.mktemp("lab")
     root = tmp / "notebooks"
     root.mkdir()
@@ -128,7 +135,7 @@ def lab(tmp_path_factory):
                 proc.kill()
                 raise RuntimeError(f"JupyterLab did not start:\n{(tmp / 'lab.log').read_text()[-3000:]}")
             time.sleep(0.5)
-    yield {"base": base, "token": token, "root": root, "chromium": chromium, "log": tmp / "lab.log"}
+    yield {"base": base, "token": token, "root": root, "chromium": CHROMIUM, "log": tmp / "lab.log"}
     proc.terminate()
     try:
         proc.wait(20)
