@@ -49,8 +49,8 @@ from . import paths
 from .instruction import KINDS, Context, Instruction, InstructionError, marker, to_rgb_uint8
 
 FREE_TEXT = "(free text)"
-# The Composer's default sampling setting: the one place to change it. PAPER_SETTINGS is the paper's recipe (App. A.2.2),
-# one click away in the app ("paper's recipe").
+# The Composer's default sampling setting: the one place to change it. PAPER_SETTINGS is the paper's recipe
+# (App. A.2.2), one click away in the app ("paper's recipe").
 DEFAULT_SETTINGS = {"sampler": "ddim", "steps": 25, "scale": 25.0, "context_scale": None, "oscillate": True,
                     "clip": "dynamic", "references": ""}
 PAPER_SETTINGS = {"sampler": "ddpm", "steps": 256, "scale": 25.0, "context_scale": None, "oscillate": True,

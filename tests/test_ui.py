@@ -242,7 +242,7 @@ def test_background_thread_run_and_failure_message(gen, tmp_path):
     assert "generation failed" in c.message.value and "boom" in c.message.value and len(c.history) == 1
 
 
-# -- faults found in a real browser (issue 34; tests/test_browser.py drives the same in JupyterLab) ---------------------
+# -- faults found in a real browser (issue 34; tests/test_browser.py drives the same in JupyterLab) --------------------
 def test_fresh_composer_defaults_labels_and_paper_recipe(gen, tmp_path):
     c = Composer(gen, out_dir=tmp_path, background=False, preview=False)
     assert not is_error(c) and "Write the instruction text" in c.message.value  # no red message before any input
