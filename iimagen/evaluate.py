@@ -9,13 +9,14 @@ The paper scores every output by hand with ImagenHub's rubric [P §5.1]: **SC** 
 | `objects` | each plain object of the caption (unstyled targets): its named colour's soft coverage inside its named 3x3 cell, then its shape by sub-pixel template match against the world's own silhouettes | analytic |
 | `control` | re-extract the control from the output (under a style: coarse-structure correlation with the control map, as `layout`): edge/sketch -> Canny of the output (`world.edge_map`), chance-corrected F1 with tolerance; mask -> foreground IoU (`world.mask_map` of the estimated foreground); depth -> Spearman rank correlation with `depth_float` of the output's foreground (one layer) | analytic |
 | `layout` | style transfer keeps the content's layout: correlation of coarse structure maps with the content image | analytic |
-| `subject` | is each reference subject there (one-vs-rest logistic regression on `judge_features`) | learned |
-| `style` | is it the reference style (16-way softmax regression, "none" + 15 styles) | learned |
+| `subject` | each reference subject ranked among itself and 7 distractor identities of its region, each rendered in its place in the target scene: colour histogram of its box (`judge_subject`); SC 1 at rank 1, 0.5 at rank 2 | rendered |
+| `style` | the reference style ranked among itself and 7 distractors of its region, each applied to the target scene: colour histogram + texture spectrum (`judge_style`) | rendered |
 | PQ | realism: clean render vs degraded (noise, blur, ghosting, smooth noise fields, static); qualifies on clean renders and the strong degradations, catches ~85 % of blur/ghosting | learned |
 
-Learned judges are trained in seconds on rendered world images at 32 and 64 px (`train_judges`), cached under
-`data/judges/*.npz`, and validated on held-out renders, clean and degraded (`JUDGE_REPORT`); a learned judge is used
-only where it qualifies (accuracy >= 95 %, `QUALIFY`), otherwise its condition is reported as not judged.
+The realism judge is trained in seconds on rendered world images at 32 and 64 px (`train_judges`), cached under
+`data/judges/realism.npz`; it and the identity judges are validated on held-out renders, clean and degraded
+(`data/judges/report.json`); a judge is used only where it qualifies (accuracy >= 95 %, `QUALIFY`; identity judges
+also >= 85 % under blur, noise and colour shift), otherwise its condition is reported as not judged.
 
     >>> ex = tasks.sample("edge_to_image", 4, 0, 32, split="test")
     >>> scores = score_examples(ex, [e.target for e in ex])   # ground truth: SC ~ 1
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 from functools import lru_cache
@@ -40,7 +42,6 @@ IN_DOMAIN = ("text_to_image", "depth_to_image", "mask_to_image", "edge_to_image"
 ZERO_SHOT = ("style_subject", "multi_subject", "control_subject", "control_style")
 CONTEXT_USE_MIN_N = 32  # examples per task for `eval --context-use` (a gain is a paired mean: fewer move it)
 QUALIFY = 0.95  # a learned judge is used only if its held-out accuracy reaches this
-STYLE_CLASSES = ("none",) + W.STYLES
 
 
 class EvalError(ValueError):
@@ -369,8 +370,8 @@ DEGRADATIONS = ("noise", "blur", "ghost", "field", "static", "flat")
 
 
 def degrade(img: np.ndarray, rng: np.random.Generator, kind: str | None = None, level: str = "severe") -> np.ndarray:
-    """A degraded copy of a uint8 image. kind: 'noise' (Gaussian), 'blur' (passes of a 3x3 box), 'ghost' (blended
-    with a shifted copy), 'field' (a smooth random colour field blended in), 'static' (pure noise), 'flat' (one colour) (the last two
+    """A degraded copy of a uint8 image. kind: 'noise' (Gaussian), 'blur' (passes of a 3x3 box), 'shift' (a colour
+    cast; not among the realism judge's DEGRADATIONS), 'ghost' (blended with a shifted copy), 'field' (a smooth random colour field blended in), 'static' (pure noise), 'flat' (one colour) (the last two
     severe only).
     level 'mild' (PQ 0.5: recognisable with artifacts): sigma 0.03-0.08, 1 pass, 15-30 % blends;
     'severe' (PQ 0): sigma 0.12-0.4, 3-5 passes, 45-90 % blends."""
@@ -393,42 +394,33 @@ def degrade(img: np.ndarray, rng: np.random.Generator, kind: str | None = None, 
         f = _blur(rng.random((R, R, 3)).astype(np.float32), int(rng.integers(1, 4)))
         a = rng.uniform(0.15, 0.3) if mild else rng.uniform(0.45, 0.9)
         y = (1 - a) * x + a * (f - f.mean() + 0.5)
+    elif kind == "shift":  # a colour cast (samples' colours drift): one offset per channel
+        y = x + rng.uniform(-1, 1, 3) * (rng.uniform(0.03, 0.08) if mild else rng.uniform(0.15, 0.3))
     elif kind == "static" and not mild:
         y = rng.random(x.shape)
     elif kind == "flat" and not mild:  # a blank image (collapsed output): never a render, scenes hold objects
         y = np.broadcast_to(rng.random(3), x.shape) + rng.normal(0, 0.01, x.shape)
     else:
-        raise EvalError(f"degrade kind {kind!r} is unknown at level {level!r}; use noise, blur, ghost, field "
+        raise EvalError(f"degrade kind {kind!r} is unknown at level {level!r}; use noise, blur, shift, ghost, field "
                         "(or static, flat: severe only)")
     return W.to_uint8(np.asarray(y, np.float32))
 
 
 def _judge_data(n: int, seed: int, resolutions=(32, 64), p_style: float = 0.65):
-    """Rendered world images with labels: (images by resolution, subjects present, style index). Scenes hold 0-2
-    subjects (all 60, held-out ones included: the judge is not the model) and 0-2 plain objects."""
+    """Rendered world images (by resolution) for the realism judge: scenes of 0-2 subjects of both regions of the
+    family (the judge is not the model) and 0-2 plain objects, styled (procedural or named) with `p_style`."""
     rng = np.random.default_rng(seed)
     out = {R: [] for R in resolutions}
-    subj, style = [], []
-    for i in range(n):
+    for _ in range(n):
         k = int(rng.choice([0, 1, 1, 2]))
-        names = [str(s) for s in rng.choice(W.SUBJECT_NAMES, k, replace=False)]
-        scene = W.random_scene(rng, n_objects=k + int(rng.integers(0, 2)) if k else None, subjects=names)
-        st = str(rng.choice(W.STYLES)) if rng.random() < p_style else None
+        subs = [W.draw_subject(rng, str(rng.choice(W.SPLITS))) for _ in range(k)]
+        scene = W.random_scene(rng, n_objects=k + int(rng.integers(0, 2)) if k else None, subjects=subs)
+        u = rng.random()
+        st = (W.draw_style(rng, str(rng.choice(W.SPLITS))) if u < p_style * 0.7
+              else str(rng.choice(W.STYLES)) if u < p_style else None)
         for R in resolutions:
             out[R].append(W.make(scene, R, st)[0])
-        subj.append(names)
-        style.append(STYLE_CLASSES.index(st or "none"))
-    return {R: np.stack(v) for R, v in out.items()}, subj, np.asarray(style)
-
-
-def _mild(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Training augmentation of the identity judges: Gaussian noise (sigma <= 0.06) or one blur pass."""
-    from .world.styles import _blur
-
-    x = img.astype(np.float32) / 255
-    if rng.random() < 0.5:
-        return W.to_uint8(x + rng.normal(0, rng.uniform(0.0, 0.06), x.shape))
-    return W.to_uint8(_blur(x, 1))
+    return {R: np.stack(v) for R, v in out.items()}
 
 
 JUDGE_DIR = None  # default: paths.DATA / "judges"
@@ -440,44 +432,27 @@ def _judge_dir() -> Path:
     return Path(JUDGE_DIR or paths.DATA / "judges")
 
 
-def train_judges(folder=None, n_train: int = 1200, n_test: int = 200, seed: int = 0, verbose: bool = False) -> dict:
-    """(Re)train the learned judges (subject, style, realism) on rendered world images at 32 and 64 px, validate
-    them on held-out renders (clean and degraded), and save `subject.npz`, `style.npz`, `realism.npz` and
-    `report.json` in `folder` (default data/judges/). Deterministic in `seed`; about 20-40 s on 2 CPU cores."""
+def train_judges(folder=None, n_train: int = 3000, n_test: int = 200, seed: int = 0, n_identity: int = 100,
+                 verbose: bool = False) -> dict:
+    """(Re)train the learned realism judge on rendered world images at 32 and 64 px, validate it on held-out renders
+    (clean and degraded) and the identity judges on sample-like renders (`validate_identity_judges`, `n_identity`
+    examples per split), and save `realism.npz` and `report.json` in `folder` (default data/judges/).
+    Deterministic in `seed`; a few minutes on 2 CPU cores (the identity validation is most of it)."""
     folder = Path(folder or _judge_dir())
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed + 2)
-    S = len(W.SUBJECT_NAMES)
-
-    def feats(imgs, augment):
-        X = np.concatenate([judge_features(imgs[R]) for R in imgs])
-        if augment:
-            X = np.concatenate([X] + [judge_features(np.stack([_mild(im, rng) for im in imgs[R]])) for R in imgs])
-        return X, (2 if augment else 1) * len(imgs)
-
-    # subject identity: unstyled scenes (a style changes a subject's colours: style+subject is judged per condition)
-    s_img, s_subj, _ = _judge_data(n_train, seed, p_style=0.0)
-    Xs, reps = feats(s_img, True)
-    Ys = np.zeros((len(s_subj), S))
-    for i, names in enumerate(s_subj):
-        Ys[i, [W.SUBJECT_NAMES.index(nm) for nm in names]] = 1
-    subject = _fit_logistic(Xs, np.tile(Ys, (reps, 1)), multilabel=True)
-    t_img, _, t_style = _judge_data(n_train, seed + 10)
-    Xt, reps = feats(t_img, True)
-    style = _fit_logistic(Xt, np.eye(len(STYLE_CLASSES))[np.tile(t_style, reps)], multilabel=False)
+    t_img = _judge_data(n_train, seed + 10)
     # realism (PQ): clean renders vs severely degraded copies of them (a linear 3-level judge with a "mild" class
     # reached only ~88 % on clean renders; see the report): PQ 1 / 0.5 / 0 from its probability (THRESHOLDS["pq"])
     Xr = np.concatenate([judge_features(t_img[R]) for R in t_img])
     Xf = np.concatenate([judge_features(np.stack([degrade(im, rng) for im in t_img[R]])) for R in t_img])
     realism = _fit_logistic(np.concatenate([Xr, Xf]),
                             np.concatenate([np.ones((len(Xr), 1)), np.zeros((len(Xf), 1))]), multilabel=True)
-    te_img, te_subj, te_style = _judge_data(n_test, seed + 1)
-    judges = {"subject": dict(subject, multilabel=True, classes=np.asarray(W.SUBJECT_NAMES)),
-              "style": dict(style, multilabel=False, classes=np.asarray(STYLE_CLASSES)),
-              "realism": dict(realism, multilabel=True, classes=np.asarray(["clean"]))}
-    report = validate_judges(judges, te_img, te_subj, te_style, seed + 3)
-    for name, j in judges.items():
-        np.savez(folder / f"{name}.npz", **j)
+    judges = {"realism": dict(realism, multilabel=True, classes=np.asarray(["clean"]))}
+    report = validate_judges(judges, _judge_data(n_test, seed + 1), seed + 3)
+    report.update(validate_identity_judges(n_identity, seed))
+    report["qualifies"] = {**report.pop("qualifies_realism"), **report["qualifies"]}
+    np.savez(folder / "realism.npz", **judges["realism"])
     (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     load_judges.cache_clear()
     if verbose:
@@ -485,82 +460,232 @@ def train_judges(folder=None, n_train: int = 1200, n_test: int = 200, seed: int 
     return report
 
 
-def validate_judges(judges: dict, images: dict, subj: list, style: np.ndarray, seed: int) -> dict:
-    """Accuracy of each learned judge on held-out renders per resolution, clean and degraded (noise sigma 0.05,
-    one blur pass): subject = every (image, subject) presence decision right on unstyled renders; style = top-1
-    of 16; realism = how often clean, mildly and severely degraded renders (`degrade`) are called clean."""
-    rng = np.random.default_rng(seed)
+def validate_judges(judges: dict, images: dict, seed: int) -> dict:
+    """The realism judge on held-out renders per resolution: how often clean, noisy (sigma 0.05), blurred (one pass),
+    and mildly and severely degraded renders (`degrade`) are called clean."""
     from .world.styles import _blur
 
-    def mild(kind, im):
-        x = im.astype(np.float32) / 255
-        return W.to_uint8(x + rng.normal(0, 0.05, x.shape)) if kind == "noise" else W.to_uint8(_blur(x, 1))
-
-    rep = {}
+    rng = np.random.default_rng(seed)
+    rr = {}
     for R, imgs in images.items():
         for cond in ("clean", "noise", "blur"):
-            ims = imgs if cond == "clean" else np.stack([mild(cond, im) for im in imgs])
-            X = judge_features(ims)
-            key = f"{R}px_{cond}"
-            ps = _predict(judges["subject"], X)
-            un = style == 0
-            Y = np.zeros_like(ps, bool)
-            for i, names in enumerate(subj):
-                Y[i, [W.SUBJECT_NAMES.index(n) for n in names]] = True
-            rep.setdefault("subject", {})[key] = float(np.mean(np.all((ps >= 0.5) == Y, axis=1)[un]))
-            rep.setdefault("style", {})[key] = float(np.mean(_predict(judges["style"], X).argmax(1) == style))
-            real = _predict(judges["realism"], X)[:, 0] >= 0.5
-            rep.setdefault("realism", {})[f"{key}_called_clean"] = float(np.mean(real))
             if cond == "clean":
-                for kind in DEGRADATIONS:
-                    for level in (("mild", "severe") if kind not in ("static", "flat") else ("severe",)):
-                        fake = np.stack([degrade(im, rng, kind, level) for im in imgs])
-                        pf = _predict(judges["realism"], judge_features(fake))[:, 0]
-                        rep["realism"][f"{key}_{level}_{kind}_called_clean"] = float(np.mean(pf >= 0.5))
-    rep["qualifies"] = {k: bool(min(v for kk, v in rep[k].items() if kk.endswith("clean")) >= QUALIFY)
-                        for k in ("subject", "style")}
-    # realism: clean renders called clean, severe noise / static / colour fields called degraded (>= 95 %); blank
-    # images are caught exactly by `score_image` (std < BLANK_STD);
-    # severe blur and ghosting, and the mild levels, are reported beside (PQ is lenient there)
-    rr = rep["realism"]
-    rep["qualifies"]["realism"] = bool(min(
-        [v for kk, v in rr.items() if kk.endswith("px_clean_called_clean")]
-        + [1 - v for kk, v in rr.items() if any(f"_severe_{d}_" in kk for d in ("noise", "static", "field"))])
-        >= QUALIFY)
-    return rep
+                ims = imgs
+            else:
+                ims = np.stack([W.to_uint8(x + rng.normal(0, 0.05, x.shape)) if cond == "noise" else
+                                W.to_uint8(_blur(x, 1)) for x in imgs.astype(np.float32) / 255])
+            rr[f"{R}px_{cond}_called_clean"] = float(np.mean(_predict(judges["realism"], judge_features(ims))[:, 0]
+                                                            >= 0.5))
+        for kind in DEGRADATIONS:
+            for level in (("mild", "severe") if kind not in ("static", "flat") else ("severe",)):
+                fake = np.stack([degrade(im, rng, kind, level) for im in imgs])
+                pf = _predict(judges["realism"], judge_features(fake))[:, 0]
+                rr[f"{R}px_clean_{level}_{kind}_called_clean"] = float(np.mean(pf >= 0.5))
+    # qualifies: clean renders called clean, severe noise / static / colour fields called degraded (>= 95 %); blank
+    # images are caught exactly by `score_image` (std < BLANK_STD); severe blur and ghosting, and the mild levels,
+    # are reported beside (PQ is lenient there)
+    ok = min([v for k, v in rr.items() if k.endswith("px_clean_called_clean")]
+             + [1 - v for k, v in rr.items() if any(f"_severe_{d}_" in k for d in ("noise", "static", "field"))])
+    return {"realism": rr, "qualifies_realism": {"realism": bool(ok >= QUALIFY)}}
 
 
 @lru_cache(maxsize=4)
 def load_judges(folder=None) -> dict:
-    """The cached learned judges (trained on first use if `data/judges/` has none) and their validation report."""
+    """The cached realism judge (trained on first use if `data/judges/` has none) and the judges' validation report
+    (the identity judges need no fitting: they render their candidates)."""
     folder = Path(folder or _judge_dir())
-    if not all((folder / f"{n}.npz").is_file() for n in ("subject", "style", "realism")) \
-            or not (folder / "report.json").is_file():
+    if not (folder / "realism.npz").is_file() or not (folder / "report.json").is_file():
         train_judges(folder)
-    out = {n: dict(np.load(folder / f"{n}.npz")) for n in ("subject", "style", "realism")}
-    out["report"] = json.loads((folder / "report.json").read_text())
+    return {"realism": dict(np.load(folder / "realism.npz")),
+            "report": json.loads((folder / "report.json").read_text())}
+
+
+# ------------------------------------------------------------------------------------------ identity judges
+# Judges v2 (world v2): a subject or a style is judged against its reference, not with a classifier over fixed
+# names. The true identity (the reference's) is ranked among itself and IDENTITY_CANDIDATES - 1 distractors drawn
+# from the same region of its family (training or held out; chance of rank 1: 1 / 8). Each candidate is rendered into
+# the example's own target scene (same layout, same style), and compared with the output by a descriptor that does
+# not depend on the pose: subjects by the colour histogram of the subject's box (searched +-R/8 px around the place
+# the truth gives), styles by the colour histogram and the texture spectrum of the whole image. SC: rank 1 -> 1,
+# rank 2 -> 0.5, else 0. Validated on sample-like renders (new pose, shifted layout), clean and degraded:
+# `validate_identity_judges`, data/judges/report.json.
+IDENTITY_CANDIDATES = 8
+_BINS = 6  # colour bins per channel of the soft histograms
+
+
+def _bin_weights(x: np.ndarray):
+    """Trilinear soft colour bins of float pixels x [N, 3] in [0, 1]: (bin indices [8, N], weights [8, N])."""
+    p = np.clip(x, 0, 1) * (_BINS - 1)
+    lo = np.minimum(np.floor(p).astype(np.int64), _BINS - 2)
+    f = p - lo
+    idx, wts = [], []
+    for d in np.ndindex(2, 2, 2):
+        d = np.asarray(d)
+        idx.append(((lo[:, 0] + d[0]) * _BINS + lo[:, 1] + d[1]) * _BINS + lo[:, 2] + d[2])
+        wts.append(np.prod(np.where(d, f, 1 - f), axis=1))
+    return np.stack(idx), np.stack(wts)
+
+
+def _window_hists(x: np.ndarray, box, search: int) -> np.ndarray:
+    """Square-rooted, normalised soft colour histograms of every window of `box`'s size (y0, x0, y1, x1) shifted by
+    up to `search` px, float [n_windows, bins] (integral images over the searched region: one pass for all)."""
+    R, B = x.shape[0], _BINS ** 3
+    y0, x0, y1, x1 = box
+    h, wd = y1 - y0, x1 - x0
+    ya, yb = max(0, y0 - search), min(R, y1 + search)
+    xa, xb = max(0, x0 - search), min(R, x1 + search)
+    crop = x[ya:yb, xa:xb]
+    ch, cw = crop.shape[:2]
+    i, w = _bin_weights(crop.reshape(-1, 3))
+    if (ch, cw) == (h, wd):  # one window: its histogram
+        out = np.bincount(i.ravel(), w.ravel(), B)[None]
+        return np.sqrt(out / max(out.sum(), 1e-8))
+    H = np.bincount((np.arange(ch * cw) * B + i).ravel(), w.ravel(), ch * cw * B).reshape(ch, cw, B)
+    S = np.zeros((ch + 1, cw + 1, B), np.float32)
+    S[1:, 1:] = H.astype(np.float32).cumsum(0).cumsum(1)
+    a = np.arange(0, ch - h + 1)[:, None]
+    b = np.arange(0, cw - wd + 1)[None, :]
+    out = (S[a + h, b + wd] - S[a, b + wd] - S[a + h, b] + S[a, b]).reshape(-1, B)
+    return np.sqrt(np.maximum(out, 0) / np.maximum(out.sum(1, keepdims=True), 1e-8))
+
+
+def style_descriptor(img: np.ndarray) -> np.ndarray:
+    """What a style changes, whatever the layout: the soft colour histogram of the whole image, the power spectrum of
+    its high-passed luminance in 4 radial x 8 angular bins (texture period and angle), and its mean gradient; after
+    one blur pass, so that a blurred output still matches its style."""
+    from .world.styles import _blur
+
+    x = _blur(_f(img), 1)
+    R = x.shape[0]
+    i, w = _bin_weights(x.reshape(-1, 3))
+    hist = np.bincount(i.ravel(), w.ravel(), _BINS ** 3)
+    L = x @ np.asarray([0.299, 0.587, 0.114], np.float32)
+    P = np.abs(np.fft.fft2(L - _blur(L[..., None], 2)[..., 0])) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(R), np.fft.fftfreq(R), indexing="ij")
+    band = np.clip((np.hypot(fy, fx) * 8).astype(int), 0, 3) * 8 + np.clip(
+        ((np.arctan2(fy, fx) % np.pi) / np.pi * 8).astype(int), 0, 7)
+    spec = np.bincount(band.ravel(), P.ravel(), 32)
+    grad = np.abs(np.diff(L, axis=0)).mean() + np.abs(np.diff(L, axis=1)).mean()
+    return np.concatenate([np.sqrt(hist / hist.sum()), 0.5 * np.sqrt(spec / max(spec.sum(), 1e-12)), [grad]])
+
+
+def _rank(d: np.ndarray) -> int:
+    """Rank of candidate 0 by distance (1 = nearest; ties count against it)."""
+    return int((d <= d[0]).sum())
+
+
+def _distractors(true, n: int, rng: np.random.Generator) -> list:
+    """`true` (a Subject, a Style or a named style) and n - 1 others from the same region of its family."""
+    out, keys = [true], {W.style_key(true) if not isinstance(true, W.Subject) else true.key}
+    if isinstance(true, str):
+        return out + [str(s) for s in rng.choice([s for s in W.STYLES if s != true], n - 1, replace=False)]
+    split = "test" if true.held_out else "train"
+    draw = W.draw_subject if isinstance(true, W.Subject) else W.draw_style
+    while len(out) < n:
+        c = draw(rng, split)
+        if c.key not in keys:
+            out.append(c)
+            keys.add(c.key)
     return out
 
 
-SUBJECT_TOP = 5  # `subject_top5`: a subject counts as shown when the judge ranks it among its 5 likeliest of 60
+def _spec_of(ex: T.Example) -> T.Spec:
+    if ex.spec is None:
+        raise EvalError(f"example of task {ex.task!r} has no spec: identity judges re-render its scene; use "
+                        "examples from iimagen.tasks.sample (or tasks.realize)")
+    return ex.spec
 
 
-def judge_subjects(X: np.ndarray, names: list[str], judges: dict) -> dict:
-    """SC from the least likely of the reference subjects; `ranks`: each subject's rank among the judge's 60 (1 = the
-    likeliest), which chance puts at 30.5 on average and in the top 5 one time in 12, whatever the image looks like.
-    (Random noise passes the probability threshold often, subject SC 0.2-0.3: the rank tells which subject is shown.)"""
-    p = _predict(judges["subject"], X[None])[0]
-    idx = [W.SUBJECT_NAMES.index(n) for n in names]
-    probs = [float(p[i]) for i in idx]
-    v = min(probs)
-    return {"sc": grade(v, *THRESHOLDS["prob"]), "value": v, "probs": probs,
-            "ranks": [int((p > p[i]).sum()) + 1 for i in idx]}
+def judge_subject(img: np.ndarray, ex: T.Example, key: str, seed: int = 0) -> dict:
+    """Rank of subject `key` (an identity key of the example's target) among itself and 7 distractors of its region,
+    each rendered in its place in the target scene (under the target's style): the colour histogram of the subject's
+    box, best over shifts of up to R/8 px, nearest to the output's."""
+    from dataclasses import replace
+
+    spec, x = _spec_of(ex), _f(img)
+    R = x.shape[0]
+    z = next((i for i, o in enumerate(spec.scene.objects) if o.subject is not None and o.subject.key == key), None)
+    if z is None:
+        raise EvalError(f"subject {key!r} is not in the target of this {ex.task!r} example; use a key from "
+                        f"truth['subjects'] {ex.truth.get('subjects')}")
+    true = spec.scene.objects[z].subject
+    cov = W.render(spec.scene, R).coverage[z]
+    ys, xs = np.nonzero(cov >= 0.5)
+    box = (max(0, ys.min() - 1), max(0, xs.min() - 1), min(R, ys.max() + 2), min(R, xs.max() + 2))
+    out = _window_hists(x, box, R // 8)
+    d = []
+    for c in _distractors(true, IDENTITY_CANDIDATES, np.random.default_rng([seed, int(key[2:], 16) % 2 ** 31])):
+        objs = tuple(replace(o, subject=c, shape=c.shape) if i == z else o for i, o in enumerate(spec.scene.objects))
+        cand = W.stylize(W.render(replace(spec.scene, objects=objs), R).image, spec.style)
+        d.append(np.abs(out - _window_hists(W.to_uint8(cand).astype(np.float32) / 255, box, 0)[0]).sum(1).min())
+    rank = _rank(np.asarray(d))
+    return {"sc": 1.0 if rank == 1 else (0.5 if rank == 2 else 0.0), "value": float(rank), "rank": rank}
 
 
-def judge_style(X: np.ndarray, style: str, judges: dict) -> dict:
-    p = _predict(judges["style"], X[None])[0]
-    v = float(p[STYLE_CLASSES.index(style)])
-    return {"sc": grade(v, *THRESHOLDS["prob"]), "value": v, "predicted": str(STYLE_CLASSES[int(p.argmax())])}
+def judge_style(img: np.ndarray, ex: T.Example, seed: int = 0) -> dict:
+    """Rank of the example's style among itself and 7 distractors of its region (procedural styles) or 7 other named
+    styles, each applied to the target scene: `style_descriptor` nearest to the output's."""
+    spec = _spec_of(ex)
+    R = _f(img).shape[0]
+    base = W.render(spec.scene, R).image
+    o = style_descriptor(img)
+    rng = np.random.default_rng([seed, int(hashlib.sha1(str(W.style_key(spec.style)).encode()).hexdigest()[:8], 16)])
+    d = np.asarray([np.abs(o - style_descriptor(W.to_uint8(W.stylize(base, c)))).sum()
+                    for c in _distractors(spec.style, IDENTITY_CANDIDATES, rng)])
+    rank = _rank(d)
+    return {"sc": 1.0 if rank == 1 else (0.5 if rank == 2 else 0.0), "value": float(rank), "rank": rank}
+
+
+def _sample_like(spec: T.Spec, R: int, rng: np.random.Generator) -> np.ndarray:
+    """The target as a sample might draw it: subjects in a new pose (+-45 deg, maybe mirrored, +-10 % size, +-3 %
+    shift), plain objects shifted by up to 6 % of the side (a sample's layout is never exact)."""
+    from dataclasses import replace
+
+    def move(o):
+        if o.subject is not None:
+            return replace(o, angle=float(rng.uniform(-0.8, 0.8)), flip=bool(rng.random() < 0.5),
+                           cx=o.cx + rng.uniform(-.03, .03), cy=o.cy + rng.uniform(-.03, .03),
+                           r=o.r * rng.uniform(0.9, 1.1))
+        return replace(o, cx=float(np.clip(o.cx + rng.uniform(-.06, .06), .05, .95)),
+                       cy=float(np.clip(o.cy + rng.uniform(-.06, .06), .05, .95)))
+
+    scene = replace(spec.scene, objects=tuple(move(o) for o in spec.scene.objects))
+    return W.to_uint8(W.stylize(W.render(scene, R).image, spec.style))
+
+
+VALIDATION_DEGRADATIONS = ("blur", "noise", "shift")  # what samples show; `degrade(..., level="mild")`
+
+
+def validate_identity_judges(n: int = 100, seed: int = 0, resolutions=(32, 64)) -> dict:
+    """Rank-1 accuracy of `judge_subject` (on `subject` examples) and `judge_style` (on `styled_generation`) for
+    held-out ('test') and training identities, on sample-like renders (`_sample_like`), clean and mildly degraded
+    (`VALIDATION_DEGRADATIONS`), and the anchors: another example's target and random pixels (chance: 0.125)."""
+    rep = {}
+    for judge, task in (("subject", "subject"), ("style", "styled_generation")):
+        for split in ("test", "train"):
+            exs = T.sample(task, n, seed + 11, resolutions[0], split=split)
+            for R in resolutions:
+                rng = np.random.default_rng([seed, R])
+                ranks: dict = {}
+                for j, ex in enumerate(exs):
+                    img = _sample_like(ex.spec, R, rng)
+                    # the degraded copies are keyed mild_<kind>: the noise anchor keeps the key "noise"
+                    imgs = {"clean": img,
+                            **{f"mild_{k}": degrade(img, rng, k, "mild") for k in VALIDATION_DEGRADATIONS},
+                            "other_target": _sample_like(exs[(j + 1) % n].spec, R, rng),
+                            "random": rng.integers(0, 256, (R, R, 3), dtype=np.uint8)}
+                    for k, im in imgs.items():
+                        r = (judge_subject(im, ex, ex.truth["subjects"][0]) if judge == "subject"
+                             else judge_style(im, ex))["rank"]
+                        ranks.setdefault(k, []).append(r)
+                rep.setdefault(judge, {})[f"{split}_{R}px"] = {
+                    k: {"rank1": float(np.mean(np.asarray(v) == 1)), "top3": float(np.mean(np.asarray(v) <= 3))}
+                    for k, v in ranks.items()}
+    rep["n"] = n
+    rep["qualifies"] = {j: bool(all(c["clean"]["rank1"] >= QUALIFY and
+                                    min(c[f"mild_{k}"]["rank1"] for k in VALIDATION_DEGRADATIONS) >= 0.85
+                                    for c in rep[j].values())) for j in ("subject", "style")}
+    return rep
 
 
 def judge_realism(X: np.ndarray, judges: dict) -> dict:
@@ -581,8 +706,8 @@ def conditions(ex: T.Example) -> list[tuple[str, dict]]:
         if c.kind in W.CONTROLS:
             out.append(("control", {"kind": c.kind, "image": c.image}))
     if tr.get("subjects") and ex.task != "retrieval":
-        out.append(("subject", {"names": list(tr["subjects"])}))
-    if tr.get("style"):
+        out.append(("subject", {"keys": list(tr["subjects"])}))
+    if tr.get("style") and ex.task != "retrieval":
         out.append(("style", {"style": tr["style"]}))
     for c in ctx:
         if c.kind == "content":
@@ -592,7 +717,7 @@ def conditions(ex: T.Example) -> list[tuple[str, dict]]:
 
 def score_image(ex: T.Example, img: np.ndarray, judges: dict | None = None, X: np.ndarray | None = None) -> dict:
     """SC per condition, SC = the least satisfied judged condition, PQ, and the continuous values (paper §5.1).
-    A learned judge that does not qualify (report accuracy < QUALIFY) leaves its condition unjudged (None)."""
+    A judge that does not qualify in the report (`qualifies`) leaves its condition unjudged (None)."""
     judges = judges or load_judges()
     img = np.asarray(img)
     _f(img)
@@ -608,10 +733,11 @@ def score_image(ex: T.Example, img: np.ndarray, judges: dict | None = None, X: n
             r = judge_layout(img, _resize_u8(c["image"], img.shape[0]))
         elif name == "control":
             r = judge_control(img, c["kind"], c["image"], ex.truth["background"])
-        elif name == "subject":  # the subject judge is trained and validated on unstyled renders only
-            r = judge_subjects(X, c["names"], judges) if ok["subject"] and not ex.truth.get("style") else None
+        elif name == "subject":  # the least well drawn of the subjects (each ranked among 8)
+            rs = [judge_subject(img, ex, k) for k in c["keys"]] if ok.get("subject") else None
+            r = None if rs is None else dict(min(rs, key=lambda q: q["sc"]), ranks=[q["rank"] for q in rs])
         elif name == "style":
-            r = judge_style(X, c["style"], judges) if ok["style"] else None
+            r = judge_style(img, ex) if ok.get("style") else None
         else:
             r = judge_layout(img, _resize_u8(c["image"], img.shape[0]))
         per[name] = r
@@ -619,7 +745,7 @@ def score_image(ex: T.Example, img: np.ndarray, judges: dict | None = None, X: n
     pq = judge_realism(X, judges)
     if float(img.std()) < BLANK_STD:  # a blank (collapsed) output: PQ 0, exactly
         pq = {"pq": 0.0, "value": 0.0}
-    keep = ("sc", "value", "iou", "ranks")
+    keep = ("sc", "value", "iou", "ranks", "rank")
     return {"task": ex.task, "conditions": {k: (None if r is None else {q: r[q] for q in keep if q in r})
                                             for k, r in per.items()},
             "sc": min(judged) if judged else None, "pq": pq["pq"], "realism": pq["value"]}
@@ -665,9 +791,11 @@ def score_examples(examples: list, images: list, judges: dict | None = None) -> 
                                                 if p["conditions"].get(c) is not None] or [np.nan])) for c in conds},
                "values": {c: float(np.mean([p["conditions"][c]["value"] for p in per
                                             if p["conditions"].get(c) is not None] or [np.nan])) for c in conds}}
-    ranks = [r for p in per if p["conditions"].get("subject") for r in p["conditions"]["subject"]["ranks"]]
-    if ranks:  # chance: SUBJECT_TOP / 60
-        summary["subject_top5"] = float(np.mean(np.asarray(ranks) <= SUBJECT_TOP))
+    for c in ("subject", "style"):  # rank-1 among IDENTITY_CANDIDATES (chance 0.125) and top-3 (0.375)
+        ranks = np.asarray([r for p in per if p["conditions"].get(c) for r in
+                            p["conditions"][c].get("ranks", [p["conditions"][c]["rank"]])])
+        if len(ranks):
+            summary[f"{c}_rank1"], summary[f"{c}_top3"] = float(np.mean(ranks == 1)), float(np.mean(ranks <= 3))
     return {"summary": summary, "examples": per}
 
 
@@ -858,51 +986,6 @@ def _subject_pixels(ref: T.Ref, R: int, r: int) -> tuple[np.ndarray, np.ndarray]
     return vis, vis.reshape(r, R // r, r, R // r).mean((1, 3)).ravel()
 
 
-def subject_probe(model, tokenizer, n_train: int = 1500, n_test: int = 300, seed: int = 0) -> dict:
-    """Is a subject reference's identity in the context tokens the model attends to? Linear probes (softmax
-    regression over the world's subjects, training split, new poses at test) on the first reference of `subject`
-    examples, each given one vector per reference:
-    `tokens_mean` (the mean of its context tokens: what even attention reads), `tokens_subject` (the mean over its
-    tokens weighted by their share of subject pixels: what an attention that found the subject would read), and
-    `pixels_subject` (the subject's mean colour in the reference's own pixels: what the image itself says).
-    Returns {name: top-1 accuracy on `n_test` new examples} and `chance`."""
-    import jax
-    from flax import nnx
-
-    cfg = model.cfg
-    if not cfg.use_context:
-        raise EvalError("subject_probe: this is a text-to-image model (cfg.use_context=False); it has no context")
-    graphdef, state = nnx.split(model)
-    encode = jax.jit(lambda s, b: nnx.merge(graphdef, s).encode_context(b["ctx_image"], b["ctx_ids"],
-                                                                        b["ctx_mask"]).tokens)
-    R, r, K = cfg.resolution, cfg.bottleneck_resolution, cfg.K
-
-    def features(n, seed):
-        specs = T.sample_specs("subject", n, seed, "train", anonymous=True)
-        out = {"tokens_mean": [], "tokens_subject": [], "pixels_subject": []}
-        for s in range(0, n, 64):
-            chunk = specs[s:s + 64]
-            exs = [T.realize(sp, R, with_truth=False) for sp in chunk]
-            tok = np.asarray(encode(state, model_batch(exs, tokenizer, cfg))).reshape(len(chunk), K, r * r, -1)
-            for i, sp in enumerate(chunk):
-                vis, share = _subject_pixels(sp.refs[0], R, r)
-                img = np.asarray(exs[i].instruction.contexts[0].image, np.float32) / 255.0
-                out["tokens_mean"].append(tok[i, 0].mean(0))
-                out["tokens_subject"].append(share @ tok[i, 0] / share.sum())
-                out["pixels_subject"].append((vis[..., None] * img).sum((0, 1)) / vis.sum())
-        labels = np.asarray([W.SUBJECT_NAMES.index(sp.scene.subjects[0]) for sp in specs])
-        return {k: np.asarray(v, np.float64) for k, v in out.items()}, labels
-
-    (Xtr, ytr), (Xte, yte) = features(n_train, seed), features(n_test, seed + 1)
-    onehot = np.eye(len(W.SUBJECT_NAMES))[ytr]
-    res = {}
-    for name in Xtr:
-        probe = dict(_fit_logistic(Xtr[name], onehot, multilabel=False, steps=600), multilabel=False)
-        res[name] = float(np.mean(_predict(probe, Xte[name]).argmax(1) == yte))
-    res["chance"] = 1.0 / len(W.TRAIN_SUBJECTS)
-    return res
-
-
 def context_use_markdown(use: dict) -> str:
     """{model: context_use(...)} -> a markdown table: per task, true / shuffled / no-context loss and the gain."""
     tasks = list(dict.fromkeys(t for r in use.values() for t in r))
@@ -995,14 +1078,16 @@ def table_markdown(results: dict) -> str:
     for t in [t for t in IN_DOMAIN + ZERO_SHOT if any(t in results[m] for m in models)]:
         lines.append(f"| {t} | " + " | ".join("-" if not results[m].get(t) else f"{results[m][t]['kid']:.1f}"
                                               for m in models) + " |")
-    ranked = [t for t in IN_DOMAIN + ZERO_SHOT if any("subject_top5" in (results[m].get(t) or {}) for m in models)]
-    if ranked:
-        lines += ["", f"Subject identity: the reference subject among the subject judge's {SUBJECT_TOP} likeliest of "
-                  f"60 (`subject_top5`; chance {SUBJECT_TOP / 60:.2f}, whatever an image looks like):", "",
-                  "| task | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
-        for t in ranked:
-            lines.append(f"| {t} | " + " | ".join(f"{results[m][t]['subject_top5']:.2f}" if "subject_top5" in
-                                                  (results[m].get(t) or {}) else "-" for m in models) + " |")
+    for c in ("subject", "style"):
+        key = f"{c}_rank1"
+        ranked = [t for t in IN_DOMAIN + ZERO_SHOT if any(key in (results[m].get(t) or {}) for m in models)]
+        if ranked:
+            lines += ["", f"{c.capitalize()} identity: rank 1 of the reference's {c} among "
+                      f"{IDENTITY_CANDIDATES} of its region (`{key}`; chance {1 / IDENTITY_CANDIDATES:.3f}):", "",
+                      "| task | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+            for t in ranked:
+                lines.append(f"| {t} | " + " | ".join(f"{results[m][t][key]:.2f}" if key in (results[m].get(t) or {})
+                                                      else "-" for m in models) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -699,13 +699,20 @@ def check_finite(metrics: dict, step: int, tc: TrainConfig, mngr):
                         "it." if last is not None else "No checkpoint was written; nothing was exported."))
 
 
+def world_version() -> str:
+    """The world the data came from (`iimagen.world.VERSION`); exports made before world v2 have no record: v1."""
+    from .world import VERSION
+
+    return VERSION
+
+
 def export(workdir: Path, graphdef, state, tc: TrainConfig, cfg: ModelConfig, wall: float | None = None):
     """Write `workdir/export`: the EMA weights as a Generator checkpoint (see iimagen.checkpoint)."""
     model = nnx.merge(graphdef, jax.device_get(state["ema"]))
     meta = {"stage": tc.stage, "variant": tc.variant, "steps": int(jax.device_get(state["step"])),
             "seed": tc.seed, "batch_size": tc.batch_size, "lr": tc.lr, "optimizer": tc.optimizer,
             "init": tc.init, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-            "wall_s": wall, "command": "iimagen train " + " ".join(_argv_of(tc))}
+            "wall_s": wall, "command": "iimagen train " + " ".join(_argv_of(tc)), "world": world_version()}
     if jax.process_index() == 0:
         ckpt_lib.save_model(Path(workdir) / "export", model, meta, dtype=tc.export_dtype, overwrite=True)
 

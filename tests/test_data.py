@@ -147,14 +147,21 @@ def test_worker_errors_surface_in_the_parent():
     assert _gone(L.pids)
 
 
-def test_stage2_loader_uses_nonce_names_unless_asked_for_world_names():
-    """The default loader never shows a subject's world name; `anonymous=False` (train --names world) does."""
+def _own_name_in(text: str, spec) -> bool:
+    """Does `text` call one of the spec's subjects by its own name (the one its key fixes)?"""
     from iimagen import world as W
 
+    names = {W.subject_name(i) for sc in [spec.scene] + [r.scene for r in spec.refs] for i in sc.identities}
+    return bool(set(re.findall(r"[a-z]+", text)) & names)
+
+
+def test_stage2_loader_uses_nonce_names_unless_asked_for_world_names():
+    """The default loader never shows the name a subject's key fixes (`world.subject_name`); `anonymous=False`
+    (train --names world) does."""
     def names_shown(anonymous):
         L = Loader(2, 16, 32, seed=0, variant="single_task=subject", anonymous=anonymous, **KW)
         exs = [L.example(0, j, with_truth=False) for j in range(16)]
-        return [bool(set(re.findall(r"[a-z]+", ex.instruction.text)) & set(W.SUBJECT_NAMES)) for ex in exs]
+        return [_own_name_in(ex.instruction.text, ex.spec) for ex in exs]
 
     assert not any(names_shown(True))
     assert all(names_shown(False))
@@ -162,15 +169,14 @@ def test_stage2_loader_uses_nonce_names_unless_asked_for_world_names():
 
 def test_stage1_loader_uses_nonce_names_unless_asked_for_world_names():
     from iimagen import tasks as T
-    from iimagen import world as W
 
     pool = T.RetrievalPool(256, seed=0)
 
     def names_shown(anonymous):
         L = Loader(1, 8, 32, seed=0, pool=pool, anonymous=anonymous, **KW)
-        texts = [" ".join([ex.instruction.text] + [c.text for c in ex.instruction.contexts])
-                 for ex in (L.example(s, j, with_truth=False) for s in range(8) for j in range(8)) if ex.drop is None]
-        return sum(bool(set(re.findall(r"[a-z]+", t)) & set(W.SUBJECT_NAMES)) for t in texts)
+        exs = [ex for ex in (L.example(s, j, with_truth=False) for s in range(8) for j in range(8)) if ex.drop is None]
+        return sum(_own_name_in(" ".join([ex.instruction.text] + [c.text for c in ex.instruction.contexts]), ex.spec)
+                   for ex in exs)
 
     assert names_shown(True) == 0 and names_shown(False) > 5
 

@@ -56,21 +56,30 @@ def test_edge_judge_gives_noise_no_credit():
     assert E.edge_f1(m, m, 1) == 1.0 and E.edge_f1(m, np.ones_like(m), 1) == 0.0  # all-edges is chance: no credit
 
 
-def test_learned_judges_qualify_and_decide(judges):
+def test_identity_judges_qualify_and_rank_the_reference_first(judges):
+    """Judges v2: the report (data/judges/report.json) says both identity judges qualify (>= 0.95 clean, >= 0.85
+    under blur / noise / colour shift); on a small fixed set the true subject and style rank first on their targets,
+    and a sample-like render (new pose, shifted layout) still ranks first, while another example's target does not."""
     rep = judges["report"]
-    assert rep["qualifies"]["style"] and rep["qualifies"]["subject"]
-    ex = T.sample("styled_generation", 6, 1, 32, split="test")
-    X = E.judge_features(np.stack([e.target for e in ex]))
-    assert all(E.judge_style(x, e.truth["style"], judges)["sc"] == 1.0 for x, e in zip(X, ex))
-    plain = E.judge_features(np.stack([W.make(e.truth and W.random_scene(np.random.default_rng(i)), 32)[0]
-                                       for i, e in enumerate(ex)]))
-    assert np.mean([E.judge_style(x, e.truth["style"], judges)["sc"] for x, e in zip(plain, ex)]) <= 0.2
-    sub = T.sample("subject", 6, 2, 32, split="test")
-    Xs = E.judge_features(np.stack([e.target for e in sub]))
-    right = [E.judge_subjects(x, e.truth["subjects"], judges)["sc"] for x, e in zip(Xs, sub)]
-    other = [E.judge_subjects(x, [n for n in W.HELD_OUT_SUBJECTS if n not in e.truth["subjects"]][:1], judges)["sc"]
-             for x, e in zip(Xs, sub)]
-    assert np.mean(right) >= 0.8 and np.mean(other) <= 0.2
+    assert rep["qualifies"]["subject"] and rep["qualifies"]["style"] and rep["qualifies"]["realism"]
+    for j in ("subject", "style"):
+        assert min(c["clean"]["rank1"] for c in rep[j].values()) >= 0.95
+        assert max(c["random"]["rank1"] for k, c in rep[j].items() if k.startswith("test")) <= 0.35  # chance 0.125
+    sub = T.sample("subject", 8, 2, 32, split="test")
+    rng = np.random.default_rng(0)
+    assert all(E.judge_subject(e.target, e, e.truth["subjects"][0])["rank"] == 1 for e in sub)
+    assert np.mean([E.judge_subject(E._sample_like(e.spec, 32, rng), e, e.truth["subjects"][0])["rank"] == 1
+                    for e in sub]) >= 0.85
+    assert np.mean([E.judge_subject(o.target, e, e.truth["subjects"][0])["rank"] == 1
+                    for e, o in zip(sub, sub[1:] + sub[:1])]) <= 0.5
+    sty = T.sample("styled_generation", 8, 1, 32, split="test")
+    assert all(E.judge_style(e.target, e)["sc"] == 1.0 for e in sty)
+    unstyled = [W.to_uint8(W.render(e.spec.scene, 32).image) for e in sty]
+    assert np.mean([E.judge_style(u, e)["rank"] == 1 for u, e in zip(unstyled, sty)]) <= 0.25
+    art = T.sample("text_to_image", 8, 4, 32, split="test")  # named styles rank among other named styles
+    assert all(E.judge_style(e.target, e)["rank"] == 1 for e in art if e.truth["style"])
+    with pytest.raises(E.EvalError, match="is not in the target"):
+        E.judge_subject(sub[0].target, sub[0], "su0000000000")
 
 
 def test_scores_anchor_ground_truth_high_noise_and_wrong_low(judges):
@@ -84,23 +93,22 @@ def test_scores_anchor_ground_truth_high_noise_and_wrong_low(judges):
     assert gt["kid"] < noise["kid"]
 
 
-def test_subject_rank_tells_the_shown_subject_where_the_probability_passes_noise(judges):
-    """`subject_top5`: the reference subject among the judge's 5 likeliest of 60 (chance 1/12). Noise passes the
-    subject probability threshold for many subjects at once; it is at chance by rank. Another example's scene shows
-    another subject (pairs with the same subject left out)."""
-    ex = T.sample("subject", 48, 3, 32, split="test")
+def test_subject_rank_tells_the_shown_subject_and_noise_is_at_chance(judges):
+    """`subject_rank1`: the reference subject first among 8 of its region (chance 1/8): the ground truth is, noise
+    and another example's target are near chance."""
+    ex = T.sample("subject", 24, 3, 32, split="test")
     rng = np.random.default_rng(0)
     gt = E.score_examples(ex, [e.target for e in ex], judges)["summary"]
     noise = E.score_examples(ex, [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in ex], judges)["summary"]
-    pairs = [(e, o) for e, o in zip(ex, ex[1:] + ex[:1]) if set(e.truth["subjects"]).isdisjoint(o.truth["subjects"])]
-    wrong = E.score_examples([e for e, _ in pairs], [o.target for _, o in pairs], judges)["summary"]
-    assert gt["subject_top5"] >= 0.95 and gt["conditions"]["subject"] >= 0.9
-    assert noise["conditions"]["subject"] >= 0.05  # what SC alone credits noise with
-    assert noise["subject_top5"] <= 0.2 and wrong["subject_top5"] <= 0.2
-    r = E.judge_subjects(E.judge_features(ex[0].target)[0], ex[0].truth["subjects"], judges)
-    assert len(r["ranks"]) == len(ex[0].truth["subjects"]) and all(1 <= k <= 60 for k in r["ranks"])
+    wrong = E.score_examples(ex, [o.target for o in ex[1:] + ex[:1]], judges)["summary"]
+    assert gt["subject_rank1"] == 1.0 and gt["conditions"]["subject"] == 1.0
+    assert noise["subject_rank1"] <= 0.35 and wrong["subject_rank1"] <= 0.4
+    assert gt["subject_top3"] == 1.0 >= noise["subject_top3"]
     depth = T.sample("depth_to_image", 2, 0, 32, split="test")  # no subject to rank: no figure
-    assert "subject_top5" not in E.score_examples(depth, [e.target for e in depth], judges)["summary"]
+    assert "subject_rank1" not in E.score_examples(depth, [e.target for e in depth], judges)["summary"]
+    multi = T.sample("multi_subject", 2, 0, 32, split="test")[0]
+    r = E.score_image(multi, multi.target, judges)["conditions"]["subject"]
+    assert r["ranks"] == [1, 1]
 
 
 def test_sc_is_least_satisfied_and_o_formula(judges, monkeypatch):
@@ -187,7 +195,7 @@ def test_cli_eval_writes_table_and_groups_single_task(tmp_path, monkeypatch):
     assert guided == [Guidance.separate(1.0, 7.0)] and guided[0].n_branches == 3
     meta = json.loads((tmp_path / "o3" / "scores.json").read_text())
     assert (meta["guidance"], meta["context_guidance"], meta["oscillate"]) == ("1", 7.0, False)
-    assert meta["results"][E.GROUND_TRUTH]["subject"]["subject_top5"] == 1.0
+    assert meta["results"][E.GROUND_TRUTH]["subject"]["subject_rank1"] == 1.0
     assert "Subject identity" in (tmp_path / "o3" / "table.md").read_text()
     assert "Subject identity" not in table  # no subject task was scored there
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o4"), "--context-guidance", "-1"]) == 2
@@ -329,24 +337,6 @@ def test_context_alignment_reads_place_to_place_and_subject_mass():
         a.kv.kernel.value = a.kv.kernel.value.at[:, :C].set(eye)
     placed = context_alignment(model, tok, ("depth_to_image",), n=4)["depth_to_image"]
     assert min(row["own"] for row in placed.values()) > 0.9
-
-
-def test_subject_probe_finds_identity_in_pixels_and_in_tokens_that_carry_them():
-    """evaluate.subject_probe: the subject's mean colour in the reference identifies a training subject far above
-    chance; when the context tokens are dominated by their patch's pixels (`ctx_patch` with a large kernel), the
-    subject-weighted tokens identify it far above chance too, and the plain mean over all tokens (the subject
-    diluted by background and company) much less well."""
-    from iimagen.checkpoint import random_model
-    from iimagen.configs import get_config
-    from iimagen.tokenizer import load_tokenizer
-
-    model, tok = random_model(get_config("tiny", ctx_patch=True), seed=2), load_tokenizer()
-    k = model.ctx_patch.kernel.value
-    model.ctx_patch.kernel.value = 50 * jnp.asarray(np.random.default_rng(0).normal(size=k.shape), k.dtype)
-    res = E.subject_probe(model, tok, n_train=600, n_test=150)
-    assert res["chance"] == 1 / len(W.TRAIN_SUBJECTS)
-    assert res["pixels_subject"] > 10 * res["chance"]
-    assert res["tokens_subject"] > 5 * res["chance"] and res["tokens_mean"] < 0.5 * res["tokens_subject"]
 
 
 def test_generate_drops_reference_scales_for_a_model_without_context():

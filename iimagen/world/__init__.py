@@ -24,6 +24,9 @@ from .styles import (HELD_OUT_STYLE_REGION, HELD_OUT_STYLES, STYLES, TEXTURES, T
                      style_key, stylize)
 
 
+VERSION = "v2"  # world v2: procedural subjects and styles (recorded in every export's meta as "world")
+
+
 def truth(r: Render, style: str | None = None, caption_text: str | None = None) -> dict:
     """Ground truth of a render: background, style (a named style's name or a procedural style's key), subjects (their
     identity keys), and per object its attributes (a subject by its key), z-index, box [x0, y0, x1, y1] (fractions
