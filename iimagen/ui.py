@@ -609,27 +609,32 @@ class Composer:
 
         In background mode the run happens in a thread; `wait=True` joins it. Returns the `Run` (None when the
         instruction or the settings are invalid, with the message shown)."""
-        if self._running:
-            self._say("a run is in progress; press Stop or wait", "error")
-            return None
-        ins = self.refresh(strict=True)
-        if ins is None:
-            return None
-        s = self.settings()
+        with self._lock:  # two Generate clicks can arrive at once (kernel subshells): one run at a time
+            if self._running:
+                self._say("a run is in progress; press Stop or wait", "error")
+                return None
+            self._running = True
+        run = None
         try:
-            guidance = self.guidance(s)
-            over = [i for i, _ in guidance.references if i > len(ins.contexts)]
-            if over:
-                raise ValueError(f"per-ref w {s['references']!r} names {marker(over[0])}, but the instruction has "
-                                 f"{len(ins.contexts)} context(s); name one of them or empty the field")
+            ins = self.refresh(strict=True)
+            if ins is not None:
+                s = self.settings()
+                guidance = self.guidance(s)
+                over = [i for i, _ in guidance.references if i > len(ins.contexts)]
+                if over:
+                    raise ValueError(f"per-ref w {s['references']!r} names {marker(over[0])}, but the instruction "
+                                     f"has {len(ins.contexts)} context(s); name one of them or empty the field")
+                run = Run(ins, s)
         except ValueError as e:
             self._say(str(e), "error")
+        finally:
+            if run is None:
+                with self._lock:
+                    self._running = False
+        if run is None:
             return None
-        run = Run(ins, s)
         self._stop.clear()
-        with self._lock:
-            self._running = True
-            self.generate_button.disabled, self.stop_button.disabled = True, False
+        self.generate_button.disabled, self.stop_button.disabled = True, False
         self.progress.max, self.progress.value = s["num_images"], 0
         self._set_results([], s["seed"])
         if self.background:

@@ -374,3 +374,22 @@ def test_concurrent_events_do_not_leave_a_stale_preview(gen, tmp_path, monkeypat
     c.remove_context(1)  # meanwhile: [ref#1] -> [ref#?], invalid
     slow.join()
     assert is_error(c) and len(c.contexts) == 1 and "<img" not in c.preview.value
+
+
+def test_two_generate_clicks_at_once_make_one_run(gen, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    c = Composer(gen, out_dir=tmp_path, background=True, preview=False)
+    c.sampler.value, c.steps.value, c.num_images.value, c.scale.value = "ddim", 2, 1, 3.0
+    c.text.value = "a green square"
+    settings = c.settings
+    monkeypatch.setattr(c, "settings", lambda: (time.sleep(0.2), settings())[1])  # a slow check before the run
+    out = []
+    clicks = [threading.Thread(target=lambda: out.append(c.generate(wait=True))) for _ in range(2)]
+    for t in clicks:
+        t.start()
+    for t in clicks:
+        t.join()
+    assert sorted(r is None for r in out) == [False, True] and len(c.history) == 1
+    assert "a run is in progress" in c.message.value and c.status.value.startswith("done: 1/1")
