@@ -17,6 +17,7 @@ Screenshots of a failing step go to `out/browser/`; `out/browser/composer.png` i
 IIMAGEN_UPDATE_SCREENSHOT=1 that screenshot also replaces the one notebook 07 shows under the live cell.
 
 Without Chromium and without root to install it, the module skips with one line; under CI (CI=true) it fails instead.
+It is written for ipywidgets 8 (`.venv`); on ipywidgets 7 (`.venv-colab`) it skips: the unit tests cover 7.7.1 there.
 Runtime (`make browser`, 2-core CPU shared with other jobs, 2026-12-07): 110 s with an empty XLA cache, 85-100 s
 with a warm one; installing Chromium with apt-get adds about a minute where it is missing.
 """
@@ -81,6 +82,10 @@ def _browser() -> tuple[str | None, str]:
         import playwright  # noqa: F401
     except ImportError:
         return None, "playwright is not installed (pip install -e '.[dev]')"
+    import ipywidgets
+
+    if int(ipywidgets.__version__.split(".")[0]) < 8:  # `make browser` runs it in .venv
+        return None, f"written for ipywidgets 8 in JupyterLab 4 (this is ipywidgets {ipywidgets.__version__})"
     chromium = _chromium() or _install_chromium()
     if chromium is None:
         return None, "no Chromium, and not root to apt-get install it (or set IIMAGEN_CHROMIUM)"
@@ -89,7 +94,7 @@ def _browser() -> tuple[str | None, str]:
 
 CHROMIUM, WHY_NOT = _browser()
 if CHROMIUM is None:  # one line, for the whole module
-    if CI:
+    if CI and not WHY_NOT.startswith("written for"):
         pytest.fail(f"browser test under CI: {WHY_NOT}", pytrace=False)
     pytest.skip(f"browser test skipped: {WHY_NOT}", allow_module_level=True)
 
@@ -149,6 +154,8 @@ def lab(tmp_path_factory):
 def page(lab):
     from playwright.sync_api import sync_playwright
 
+    for old in SHOTS.glob("test_*.png"):  # failure screenshots of an earlier run
+        old.unlink()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=lab["chromium"], headless=True,
                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
