@@ -669,7 +669,7 @@ def validate_identity_judges(n: int = 100, seed: int = 0, resolutions=(32, 64)) 
                 ranks: dict = {}
                 for j, ex in enumerate(exs):
                     img = _sample_like(ex.spec, R, rng)
-                    # the degraded copies are keyed mild_<kind>: the noise anchor keeps the key "noise"
+                    # degraded copies are keyed mild_<kind>, apart from the anchor of random pixels
                     imgs = {"clean": img,
                             **{f"mild_{k}": degrade(img, rng, k, "mild") for k in VALIDATION_DEGRADATIONS},
                             "other_target": _sample_like(exs[(j + 1) % n].spec, R, rng),
