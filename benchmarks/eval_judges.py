@@ -4,7 +4,7 @@
   judges' rank-1 rates (`subject_rank1`, `style_rank1`; chance 1/8) where the task has a subject or a style;
 - `identity` (judge, split, resolution): rank-1 of the true subject / style among 8 of its region on sample-like
   renders (`E._sample_like`: new pose, shifted layout), clean and mildly degraded (`mild_blur`, `mild_noise`,
-  `mild_shift`), and the anchors another example's target (`other_target`) and random noise (`noise`; chance 0.125),
+  `mild_shift`), and the anchors another example's target (`other_target`) and random pixels (`random`; chance 0.125),
   with the time per judge call (the keys of `validate_identity_judges`, data/judges/report.json);
 - `realism` (resolution): how often the learned realism judge (PQ) calls held-out renders clean, clean and degraded
   (`E.validate_judges`), and its time per image.
@@ -61,7 +61,7 @@ if "identity" in a.only:
                     imgs = {"clean": img,
                             **{f"mild_{k}": E.degrade(img, rng, k, "mild") for k in E.VALIDATION_DEGRADATIONS},
                             "other_target": E._sample_like(exs[(j + 1) % n].spec, R, rng),
-                            "noise": rng.integers(0, 256, (R, R, 3), dtype=np.uint8)}
+                            "random": rng.integers(0, 256, (R, R, 3), dtype=np.uint8)}
                     for k, im in imgs.items():
                         t = time.time()
                         r = (E.judge_subject(im, ex, ex.truth["subjects"][0]) if judge == "subject"
