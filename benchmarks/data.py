@@ -15,8 +15,9 @@ Two source trees in one run (e.g. the world before and after a change, the old o
 runs every case once per tree per repeat, each in its own subprocess with `PYTHONPATH=<tree>` (so `iimagen` and
 its spawned workers come from that tree), interleaved (case 1: old, new, old, new...; then case 2) so that a
 machine whose load drifts affects both alike. Each run prints its JSON line with `tree`, `path` and `commit` added;
-at the end one `data_compare` line per case gives each tree's median examples/s and the ratio of each tree to the
-first one.
+after each case one `data_compare` line gives each tree's median examples/s and the ratio of each tree to the
+first one; with `workers=0` also examples per CPU second of the process (`median_cpu`, `cpu_ratio_to_<first>`),
+which a busy machine moves less than the wall-clock rate.
 """
 import argparse
 import json
@@ -29,16 +30,18 @@ import time
 from pathlib import Path
 
 
-def rate(loader, batches: int, warmup: int) -> float:
+def rate(loader, batches: int, warmup: int) -> tuple[float, float]:
+    """(examples per wall second, examples per CPU second of this process). The second counts the loader's thread
+    with `workers=0` (worker processes are not counted) and moves less than the first on a shared machine."""
     it = iter(loader)
     for _ in range(warmup):
         next(it)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(it)
-    dt = time.perf_counter() - t
+    dt, dc = time.perf_counter() - t, time.process_time() - c
     loader.close()
-    return loader.batch_size * batches / dt
+    return loader.batch_size * batches / dt, loader.batch_size * batches / dc
 
 
 def parse_trees(spec: str) -> dict:
@@ -71,7 +74,7 @@ def compare(a, trees: dict):
             "--pool", str(a.pool)] + (["--workers", str(a.workers)] if a.workers is not None else [])
     commits = {k: commit(p) for k, p in trees.items()}
     for s, R, w in cases:
-        got = {k: [] for k in trees}
+        got, cpu = {k: [] for k in trees}, {k: [] for k in trees}
         for rep in range(a.repeats):
             for label, path in trees.items():
                 env = dict(os.environ, PYTHONPATH=str(path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -85,12 +88,19 @@ def compare(a, trees: dict):
                     raise SystemExit(f"tree {label}: imported iimagen from {d['iimagen']}, not {path}")
                 d.update(tree=label, path=str(path), commit=commits[label], repeat=rep)
                 got[label].append(d["examples_per_s"])
+                cpu[label].append(d.get("examples_per_cpu_s"))
                 print(json.dumps(d), flush=True)
         med = {k: round(statistics.median(v), 1) for k, v in got.items()}
         first = next(iter(med))
+        extra = {}
+        if all(None not in v for v in cpu.values()):  # workers=0: the CPU-time rate too
+            mc = {k: round(statistics.median(v), 1) for k, v in cpu.items()}
+            extra = {"examples_per_cpu_s": cpu, "median_cpu": mc,
+                     "cpu_ratio_to_" + first: {k: round(v / mc[first], 3) for k, v in mc.items()}}
         print(json.dumps({"bench": "data_compare", "stage": int(s), "resolution": int(R), "batch": a.batch,
                           "workers": d["workers"], "repeats": a.repeats, "examples_per_s": got,
                           "median": med, "ratio_to_" + first: {k: round(v / med[first], 3) for k, v in med.items()},
+                          **extra,
                           "commits": commits, "cpus": os.cpu_count(),
                           "machine": platform.processor() or platform.machine()}), flush=True)
 
@@ -126,9 +136,11 @@ def main():
             for workers in [{"thread": 0, "processes": a.workers}[k] for k in a.loaders.split(",")]:
                 L = Loader(stage, a.batch, R, seed=0, pool=pool if stage == 1 else None, workers=workers,
                            process_index=0, process_count=1)
-                eps = rate(L, a.batches, warmup=max(1, L.workers))
+                eps, epc = rate(L, a.batches, warmup=max(1, L.workers))
                 print(json.dumps({"bench": "data", "stage": stage, "resolution": R, "batch": a.batch,
-                                  "workers": L.workers, "examples_per_s": round(eps, 1), "cpus": os.cpu_count(),
+                                  "workers": L.workers, "examples_per_s": round(eps, 1),
+                                  "examples_per_cpu_s": round(epc, 1) if L.workers == 0 else None,
+                                  "cpus": os.cpu_count(),
                                   "machine": platform.processor() or platform.machine(),
                                   "iimagen": str(Path(iimagen.__file__).parent)}), flush=True)
 
