@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -77,11 +78,11 @@ class Subject:
     part: str
     name: str = field(default="", compare=False)
 
-    @property
+    @cached_property
     def colours(self) -> tuple:
         return tuple(tuple(float(c) for c in _hsv(*t)) for t in self.hsv)
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Identity key: a hash of the look's parameters (the same at every resolution and pose)."""
         return _key("subject", (self.shape, self.hsv, self.pattern, self.freq, self.angle, self.part))

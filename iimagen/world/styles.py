@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -102,7 +102,7 @@ class Style:
     angle: float
     outline: str
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Style key: a hash of the parameters."""
         return "st" + hashlib.sha1(repr(tuple(self.params().values())).encode()).hexdigest()[:10]
