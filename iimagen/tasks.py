@@ -446,9 +446,10 @@ class RetrievalPool:
 EXAMPLE_SEEDS = {t: 1000 + i for i, t in enumerate(TASK_NAMES)}
 
 
-def write_examples(folder=None, resolution: int = 64) -> Path:
+def write_examples(folder=None, resolution: int = 64, overwrite: bool = False) -> Path:
     """Regenerate `data/examples/`: one Instruction folder per task and zero-shot composition (fixed seeds, 64 px),
-    with `target.png`, `truth.json`, and `index.json` listing them."""
+    with `target.png`, `truth.json`, and `index.json` listing them. Existing example folders are replaced only with
+    `overwrite=True` (`Instruction.save`'s rule)."""
     from PIL import Image
 
     from . import paths
@@ -463,7 +464,7 @@ def write_examples(folder=None, resolution: int = 64) -> Path:
         ex = sample(task, 1, EXAMPLE_SEEDS[task], resolution, pool=pool)[0]
         if task == "retrieval" and ex.drop:  # show the undropped case
             ex = next(e for e in sample(task, 8, EXAMPLE_SEEDS[task], resolution, pool=pool) if not e.drop)
-        ex.instruction.save(folder / task)
+        ex.instruction.save(folder / task, overwrite=overwrite)
         Image.fromarray(ex.target).save(folder / task / "target.png")
         (folder / task / "truth.json").write_text(json.dumps(ex.truth, indent=1) + "\n")
         index.append({"task": task, "folder": task, "zero_shot": task in ZERO_SHOT_TASKS,

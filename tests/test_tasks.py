@@ -155,6 +155,9 @@ def test_write_examples(tmp_path):
     assert [e["task"] for e in index] == list(T.TASK_NAMES)
     ins = Instruction.load(folder / "control_style")
     assert ins.kinds[1] == "style" and ins.contexts[0].image.shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="overwrite=True"):  # the examples are replaced only when asked
+        T.write_examples(tmp_path)
+    assert T.write_examples(tmp_path, overwrite=True) == folder
 
 
 def test_training_names_subjects_with_nonce_names_and_never_names_a_style_reference():
