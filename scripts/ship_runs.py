@@ -36,7 +36,7 @@ SHIP = {  # run name -> (checkpoint name, what it is)
         "instruct-imagen-two-readers-tiny",
         "Instruct-Imagen with two context readers: stage 2 (the Table-1 mixture, one learning rate) from "
         "`single-task-subject-tiny` whose context attention reads on as the position-free content attention "
-        "(`ctx_content_attn`) beside `stage1-tiny`'s aligned one (`python scripts/two_readers.py --new-aligned "
+        "(`ctx_content_attn`) beside `stage1-tiny`'s aligned one (`python experiments/two_readers.py --new-aligned "
         "--aligned-from data/checkpoints/stage1-tiny data/checkpoints/single-task-subject-tiny INIT`; README, "
         "\"Two readers on the specialist's encoder\")."),
 }

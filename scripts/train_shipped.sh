@@ -2,7 +2,7 @@
 # Train the checkpoints shipped in data/checkpoints/ (tiny, all stages + the baselines the evaluation needs) on one
 # accelerator host. The shipped stage0-tiny is from `BATCH0=256 SINGLE=edge_to_image scripts/train_shipped.sh OUT 1.1`
 # on an H100; everything else from `STAGE0=data/checkpoints/stage0-tiny SINGLE="<seven tasks>" DEADLINE=...
-# MARGIN=90 scripts/train_shipped.sh OUT 1.7` on an H200 (scripts/device_call.sh; see each MODEL_CARD.md).
+# MARGIN=90 scripts/train_shipped.sh OUT 1.7` on an H200 (experiments/device_call.sh; see each MODEL_CARD.md).
 #   scripts/train_shipped.sh OUTDIR [SCALE]
 # SCALE multiplies every time budget (150 s stage 0, 60 s stage 1, 120 s stage 2; 0.03 = a smoke test on a CPU).
 # ONLY="stage0 ..." runs just the named runs (to split the recipe over several calls of a time-limited machine; a
@@ -17,7 +17,7 @@
 # side-by-side runs, stage2_subject_first trains the Table-1 mixture for S seconds from single_subject (so `subject`
 # must be in SINGLE); the side-by-side runs end S + 60 s earlier to leave it room. It is not shipped by ship_runs.py.
 # TWO_READERS=S (seconds; default 0, off): the build of README "Two readers on the specialist's encoder". After the
-# side-by-side runs (and SUBJECT_FIRST's run), `scripts/two_readers.py --new-aligned --aligned-from stage1` puts
+# side-by-side runs (and SUBJECT_FIRST's run), `experiments/two_readers.py --new-aligned --aligned-from stage1` puts
 # stage 1's aligned reader beside single_subject's reader (moved to the content slot), and mixture_stage1_reader
 # trains the Table-1 mixture from it for S seconds at one learning rate: its --ctx-lr-scale 1 overrides CTX_LR
 # (X = 10 erased the new reader's alignment on the CPU). `subject` must be in SINGLE; the side-by-side runs end
@@ -72,7 +72,7 @@ wait
 [ "$SF" -eq 0 ] || run stage2_subject_first --stage 2 --init "$OUT/single_subject" --workers 8 --time-budget "$SF"
 # Two readers: the specialist's reader (content slot) beside stage 1's aligned one, then the mixture at one rate.
 if [ "$TR" -gt 0 ]; then
-  $PY scripts/two_readers.py --new-aligned --aligned-from "$OUT/stage1" "$OUT/single_subject" "$OUT/two_readers_init" \
+  $PY experiments/two_readers.py --new-aligned --aligned-from "$OUT/stage1" "$OUT/single_subject" "$OUT/two_readers_init" \
     > "$OUT/two_readers_init.log" 2>&1 || exit 1
   run mixture_stage1_reader --stage 2 --init "$OUT/two_readers_init" --workers 8 --time-budget "$TR" --ctx-lr-scale 1
 fi
