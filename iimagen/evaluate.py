@@ -569,16 +569,17 @@ def style_descriptor(img: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sqrt(hist / hist.sum()), 0.5 * np.sqrt(spec / max(spec.sum(), 1e-12)), [grad]])
 
 
-def _rank(d: np.ndarray) -> int:
-    """Rank of candidate 0 by distance (1 = nearest; ties count against it)."""
-    return int((d <= d[0]).sum())
+def _ranked(d) -> dict:
+    """Candidate 0's rank by distance `d` (1 = nearest; ties count against it) and its SC: 1 at rank 1, 0.5 at 2."""
+    rank = int((np.asarray(d) <= d[0]).sum())
+    return {"sc": 1.0 if rank == 1 else (0.5 if rank == 2 else 0.0), "value": float(rank), "rank": rank}
 
 
 def _distractors(true, n: int, rng: np.random.Generator) -> list:
     """`true` (a Subject, a Style or a named style) and n - 1 others from the same region of its family."""
-    out, keys = [true], {W.style_key(true) if not isinstance(true, W.Subject) else true.key}
     if isinstance(true, str):
-        return out + [str(s) for s in rng.choice([s for s in W.STYLES if s != true], n - 1, replace=False)]
+        return [true] + [str(s) for s in rng.choice([s for s in W.STYLES if s != true], n - 1, replace=False)]
+    out, keys = [true], {true.key}
     split = "test" if true.held_out else "train"
     draw = W.draw_subject if isinstance(true, W.Subject) else W.draw_style
     while len(out) < n:
@@ -618,8 +619,7 @@ def judge_subject(img: np.ndarray, ex: T.Example, key: str, seed: int = 0) -> di
         objs = tuple(replace(o, subject=c, shape=c.shape) if i == z else o for i, o in enumerate(spec.scene.objects))
         cand = W.stylize(W.render(replace(spec.scene, objects=objs), R).image, spec.style)
         d.append(np.abs(out - _window_hists(W.to_uint8(cand).astype(np.float32) / 255, box, 0)[0]).sum(1).min())
-    rank = _rank(np.asarray(d))
-    return {"sc": 1.0 if rank == 1 else (0.5 if rank == 2 else 0.0), "value": float(rank), "rank": rank}
+    return _ranked(d)
 
 
 def judge_style(img: np.ndarray, ex: T.Example, seed: int = 0) -> dict:
@@ -630,10 +630,8 @@ def judge_style(img: np.ndarray, ex: T.Example, seed: int = 0) -> dict:
     base = W.render(spec.scene, R).image
     o = style_descriptor(img)
     rng = np.random.default_rng([seed, int(hashlib.sha1(str(W.style_key(spec.style)).encode()).hexdigest()[:8], 16)])
-    d = np.asarray([np.abs(o - style_descriptor(W.to_uint8(W.stylize(base, c)))).sum()
+    return _ranked([np.abs(o - style_descriptor(W.to_uint8(W.stylize(base, c)))).sum()
                     for c in _distractors(spec.style, IDENTITY_CANDIDATES, rng)])
-    rank = _rank(d)
-    return {"sc": 1.0 if rank == 1 else (0.5 if rank == 2 else 0.0), "value": float(rank), "rank": rank}
 
 
 def _sample_like(spec: T.Spec, R: int, rng: np.random.Generator) -> np.ndarray:

@@ -140,10 +140,7 @@ def check_training(spec: Spec) -> Spec:
 
 def _named_styles(split: str):
     """The named styles an "artwork" caption may name in `split`."""
-    if split not in W.SPLITS:
-        raise TaskError(f"split={split!r} is unknown; use 'train' (the training region of the subject and style "
-                        f"families) or 'test' (the held-out region)")
-    return W.TRAIN_STYLES if split == "train" else W.HELD_OUT_STYLES
+    return W.TRAIN_STYLES if W.check_split(split) == "train" else W.HELD_OUT_STYLES
 
 
 def _subject_scenes(rng, subject: W.Subject, n: int) -> list:
@@ -312,7 +309,7 @@ def sample(task: str, n: int, seed: int, resolution: int, split: str = "train", 
         raise TaskError(f"n={n!r} must be an int >= 0")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TaskError(f"seed={seed!r} must be an int >= 0")
-    _named_styles(split)
+    W.check_split(split)
     if task == "retrieval":
         rng = np.random.default_rng([int(seed), task_id(task)])
         pool = pool or RetrievalPool(512, seed=int(seed))
