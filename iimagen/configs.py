@@ -53,7 +53,7 @@ class ModelConfig:
     input_skip: bool = False       # full-resolution skip: input conv -> output head (zero-initialised, see unet.py)
     ctx_query_pos: bool = False    # queries of the context cross-attention get the context's 2-D position (unet.py)
     ctx_patch: bool = False        # context tokens also carry their image patch's pixels (added at identity, unet.py)
-    ctx_content_attn: bool = False  # a second context cross-attention without position codes (zero output at birth)
+    ctx_content_attn: bool = False  # a second context cross-attention without position codes (on in the named configs)
 
     def __post_init__(self):
         # JSON turns tuples into lists: accept both, store tuples so the config stays hashable.
@@ -141,15 +141,16 @@ def tiny() -> ModelConfig:
     text encoder 128 wide, 3 layers.
     Full-resolution input skip on (`input_skip`: the kit's fix for the per-pixel noise the paper's layout cannot see
     at 32 px; on the same stage-1 batches it brought the loss from 0.154 to 0.129 by step 200).
-    Parameters: 1.92 M (text encoder 0.86 M, context branch 0.08 M = 4.4 %, input skip 1 k).
-    FLOPs per image (forward, XLA's count of the lowered program): 0.212 GFLOP per denoise step with context, 0.174
-    without; 0.578 GFLOP per training forward (text + 3 context images + denoise).
+    Both context readers (`ctx_query_pos` aligned, `ctx_content_attn` by content; see unet.py), each zero at birth.
+    Parameters: 2.01 M (text encoder 0.86 M, context branch 0.17 M = 8.3 %, input skip 1 k).
+    FLOPs per image (forward, XLA's count of the lowered program): 0.249 GFLOP per denoise step with context, 0.174
+    without; 0.616 GFLOP per training forward (text + 3 context images + denoise).
     Memory: ~31 MB for parameters + Adam + EMA (fp32).
     Forward+backward at batch 8 with 3 contexts: ~0.5 s on the 2-core CPU after compile (measured under load).
     """
     return ModelConfig(name="tiny", resolution=32, channels=32, channel_mult=(1, 2), blocks_per_level=2,
                        attn_levels=(1,), head_dim=32, norm_groups=8, text_width=128, text_layers=3,
-                       input_skip=True, ctx_query_pos=True)
+                       input_skip=True, ctx_query_pos=True, ctx_content_attn=True)
 
 
 def small() -> ModelConfig:
@@ -157,14 +158,15 @@ def small() -> ModelConfig:
 
     Layout: 64 -> 32 (128 ch) -> 16 (256 ch) -> 8 (384 ch), 3 blocks per level, attention at 16x16 and 8x8
     (context tokens: 8x8 = 64 per image); text encoder 256 wide, 4 layers.
-    Parameters: 63.8 M (context branch 6.1 M = 9.6 %). FLOPs per image (forward, XLA's count of the lowered program): 19.7 GFLOP per denoise step with context,
-    39.2 GFLOP per training forward (text + 3 context images + denoise).
+    Parameters: 69.9 M (context branch, both readers, 12.2 M = 17.5 %). FLOPs per image (forward, XLA's count of the
+    lowered program): 22.1 GFLOP per denoise step with context, 41.6 GFLOP per training forward (text + 3 context
+    images + denoise).
     Memory: ~1.0 GB for parameters + Adam + EMA (fp32), plus activations.
     Full-resolution input skip on, as in `tiny` (16.5 k parameters, 0.13 GFLOP): its first level down-samples too.
     """
     return ModelConfig(name="small", resolution=64, channels=128, channel_mult=(1, 2, 3), blocks_per_level=3,
                        attn_levels=(1, 2), head_dim=64, norm_groups=32, text_width=256, text_layers=4,
-                       dtype="bfloat16", input_skip=True, ctx_query_pos=True)
+                       dtype="bfloat16", input_skip=True, ctx_query_pos=True, ctx_content_attn=True)
 
 
 def base() -> ModelConfig:
@@ -172,15 +174,15 @@ def base() -> ModelConfig:
 
     Layout: 128 -> 64 (128 ch) -> 32 (256 ch) -> 16 (512 ch), 8 blocks per level (DBlock-1..3 / UBlock-3..1),
     text and context attention only at 16x16 (256 tokens per context image); text encoder 512 wide, 6 layers.
-    Parameters: 226.8 M (context branch 17.9 M = 7.9 %; the paper: 2.51 B -> 2.76 B, ~10 %).
-    FLOPs per image (forward, XLA's count of the lowered program): 203.2 GFLOP per denoise step with context,
-    407.1 GFLOP per training forward (text + 3 context images + denoise).
+    Parameters: 244.7 M (context branch, both readers, 35.7 M = 14.6 %; the paper: 2.51 B -> 2.76 B, ~10 %).
+    FLOPs per image (forward, XLA's count of the lowered program): 228.5 GFLOP per denoise step with context,
+    432.5 GFLOP per training forward (text + 3 context images + denoise).
     Memory: ~3.6 GB for parameters + Adam + EMA (fp32), plus activations: an accelerator with more than 16 GB.
     Full-resolution input skip on, as in `tiny` (16.5 k parameters, 0.54 GFLOP): its first level down-samples too.
     """
     return ModelConfig(name="base", resolution=128, channels=128, channel_mult=(1, 2, 4), blocks_per_level=8,
                        attn_levels=(2,), head_dim=64, norm_groups=32, text_width=512, text_layers=6,
-                       dtype="bfloat16", input_skip=True, ctx_query_pos=True)
+                       dtype="bfloat16", input_skip=True, ctx_query_pos=True, ctx_content_attn=True)
 
 
 CONFIGS = {"tiny": tiny, "small": small, "base": base}

@@ -1,5 +1,4 @@
-"""Copy the exports of scripts/train_shipped.sh (accelerator) and scripts/train_shipped_cpu.sh (CPU) runs into
-data/checkpoints/ and write their model cards.
+"""Copy the exports of scripts/train_chain.py's runs into data/checkpoints/ and write their model cards.
 
     python scripts/ship_runs.py RUNS_DIR [RUNS_DIR ...]
 
@@ -32,19 +31,12 @@ SHIP = {  # run name -> (checkpoint name, what it is)
                                     "instruction text** (raw inputs only), from `stage1-tiny`."),
     "no_stage1": ("no-stage1-tiny", "Instruct-Imagen **without stage 1** (paper Table 3/4 ablation): stage 2 "
                                     "straight from `stage0-tiny`."),
-    "mixture_stage1_reader": (
-        "instruct-imagen-two-readers-tiny",
-        "Instruct-Imagen with two context readers: stage 2 (the Table-1 mixture, one learning rate) from "
-        "`single-task-subject-tiny` whose context attention reads on as the position-free content attention "
-        "(`ctx_content_attn`) beside `stage1-tiny`'s aligned one (`python experiments/two_readers.py --new-aligned "
-        "--aligned-from data/checkpoints/stage1-tiny data/checkpoints/single-task-subject-tiny INIT`; README, "
-        "\"Two readers on the specialist's encoder\")."),
 }
 
 
 def _events(log: list[str]) -> list[tuple[str, str, str, str]]:
     """(time, name, kind, rest) of runs.log's `== DATE NAME: COMMAND` lines (kind "start", rest the command) and
-    `== DATE NAME exit RC: SUMMARY` lines (kind "exit", rest the summary); both scripts write them (run_lib.sh)."""
+    `== DATE NAME exit RC: SUMMARY` lines (kind "exit", rest the summary); scripts/train_chain.py writes them."""
     out = []
     for x in log:
         w = x.split(maxsplit=3)

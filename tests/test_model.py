@@ -402,3 +402,31 @@ def test_bad_inputs_raise_clear_errors(micro):
         micro.encode_context(b["ctx_image"][:, :2], b["ctx_ids"], b["ctx_mask"])
     with pytest.raises(ModelInputError, match="all of"):
         micro(b["x"], b["t"], b["text_ids"], ctx_image=b["ctx_image"])
+
+
+def test_named_configs_read_by_place_and_by_content_from_birth():
+    """Every named config holds both context readers (issue "the chain that reads references"): the aligned one
+    (`ctx_query_pos`) and the position-free one (`ctx_content_attn`). A stage-0 model of such a config gets both when
+    its context branch is attached, each with zero output, so the outputs are bit-equal to the text-to-image
+    model's; both then learn (non-zero gradients on both output projections once the tokens reach the loss)."""
+    from iimagen.configs import CONFIGS, get_config
+
+    for name in CONFIGS:
+        cfg = get_config(name)
+        assert cfg.ctx_query_pos and cfg.ctx_content_attn, name
+    both = dataclasses.replace(MICRO, use_context=False, ctx_query_pos=True, ctx_content_attn=True)
+    t2i = InstructImagen(both, nnx.Rngs(0))
+    model = attach_context(t2i, nnx.Rngs(5))
+    blocks = [model.middle] + [x for lv in model.encoder for x in lv.blocks] + \
+             [x for lv in model.decoder for x in lv.blocks]
+    readers = [(blk.ctx_attn, blk.ctx_content) for blk in blocks if blk.ctx_attn is not None]
+    assert readers and all(c is not None for _, c in readers)
+    assert all(float(jnp.abs(r.out.kernel.value).max()) == 0.0 for pair in readers for r in pair)
+    b = make_batch(MICRO)
+    fwd = lambda m, b: m(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
+    f0 = jit_method(t2i, lambda m, b: m(b["x"], b["t"], b["text_ids"]))
+    np.testing.assert_array_equal(np.asarray(jit_method(model, fwd)(b)), np.asarray(f0(b)))
+    gd, st = nnx.split(model)
+    grads = jax.jit(jax.grad(lambda s, b: jnp.mean(fwd(nnx.merge(gd, s), b) ** 2)))(st, b)
+    for reader in ("ctx_attn", "ctx_content"):
+        assert float(jnp.abs(grads["middle"][reader]["out"]["kernel"].value).max()) > 1e-6, reader

@@ -1,5 +1,5 @@
 """scripts/ship_runs.py: what a model card says about where and beside what a run trained comes from runs.log;
-experiments/two_readers.py: which weights the models it builds take from which model."""
+scripts/train_chain.py: which run starts from which, and how the same command resumes."""
 from __future__ import annotations
 
 import importlib.util
@@ -57,52 +57,42 @@ def test_stage2_card_names_the_model_it_started_from():
     assert "from `single-task-subject-tiny` (a curriculum: `subject` alone first" in what, what
 
 
-def test_two_readers_keeps_the_mixture_model_and_takes_the_specialists_reader():
-    import numpy as np
+train_chain = _script("train_chain")
 
-    from iimagen.checkpoint import _flat_params, random_model
-    from iimagen.configs import get_config
 
-    tr = _script("two_readers", "experiments")
-    cfg = get_config("tiny")
-    mix, specialist = random_model(cfg, seed=1), random_model(cfg, seed=2)
-    both = tr.two_readers(mix, specialist)
-    assert both.cfg.ctx_content_attn and not mix.cfg.ctx_content_attn
-    new, old, sp = _flat_params(both), _flat_params(mix), _flat_params(specialist)
-    content = [k for k in new if "/ctx_content/" in k]
-    assert content and set(new) - set(old) == set(content)
-    for k in old:  # every weight of the mixture model, unchanged
-        np.testing.assert_array_equal(new[k], old[k])
-    for k in content:  # each block's content attention is the specialist's context attention of that block
-        np.testing.assert_array_equal(new[k], sp[k.replace("/ctx_content/", "/ctx_attn/")])
-    assert not np.array_equal(sp[content[0].replace("/ctx_content/", "/ctx_attn/")],
-                              old[content[0].replace("/ctx_content/", "/ctx_attn/")])
-    with pytest.raises(ValueError, match="no content attention"):
-        tr.two_readers(both, specialist)
+def test_train_chain_plans_each_run_from_the_one_it_needs(tmp_path, capsys):
+    """--dry-run prints the runs in order, each starting from its parent (stage 1 from --stage0, the stage-2 runs
+    from stage 1's export, no_stage1 from stage 0), with its kind's budget and the arguments after -- (not for stage
+    0); a bad run name or budget is a clear error."""
+    out = tmp_path / "chain"
+    assert train_chain.main([str(out), "--single", "subject", "--budget", "stage1=30,stage2=40", "--scale", "0.5",
+                             "--dry-run", "--", "--lr", "1e-4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = [ln.split("--workdir ")[1].split()[0].rsplit("/", 1)[1] for ln in lines]
+    assert names == ["stage0", "stage1", "stage2", "multitask", "no_stage1", "single_subject"]
+    cmd = dict(zip(names, lines))
+    assert f"--init {out}/stage0/export" in cmd["stage1"] and f"--init {out}/stage1/export" in cmd["single_subject"]
+    assert f"--init {out}/stage0/export" in cmd["no_stage1"] and "--variant no_instruction" in cmd["multitask"]
+    assert "--time-budget 75" in cmd["stage0"] and "--time-budget 15" in cmd["stage1"]
+    assert "--time-budget 20" in cmd["stage2"] and "--lr 1e-4" in cmd["stage2"] and "--lr" not in cmd["stage0"]
+    assert not out.exists()  # a dry run writes nothing
+    train_chain.main([str(out), "--stage0", "S0", "--runs", "stage0,stage1", "--dry-run"])
+    assert [ln.split("--workdir ")[1].split()[0] for ln in capsys.readouterr().out.strip().splitlines()] == \
+        [f"{out}/stage1"]
+    for bad in (["--runs", "stage3"], ["--budget", "stage9=1"], ["--budget", "stage1=soon"]):
+        with pytest.raises(SystemExit):
+            train_chain.main([str(out), "--dry-run", *bad])
 
-    # --new-aligned: the specialist whole, its reader moved to the content slot, a new aligned reader at birth
-    new = _flat_params(tr.new_aligned(specialist))
-    aligned = [k for k in new if "/ctx_attn/" in k]
-    assert set(new) - set(sp) == set(content) and aligned
-    codes = {"ctx_row", "ctx_col"}  # the 2-D position code, scaled back to its rms at birth
-    for k in codes:
-        np.testing.assert_allclose(new[k], sp[k] * tr.POS_RMS / np.sqrt(np.mean(np.square(sp[k]))), rtol=1e-5)
-        np.testing.assert_allclose(np.sqrt(np.mean(np.square(new[k]))), tr.POS_RMS, rtol=1e-5)
-    for k in set(sp) - set(aligned) - codes:  # the specialist's every other weight, unchanged
-        np.testing.assert_array_equal(new[k], sp[k])
-    for k in content:
-        np.testing.assert_array_equal(new[k], sp[k.replace("/ctx_content/", "/ctx_attn/")])
-    for k in aligned:
-        if k.endswith("out/kernel"):  # the new reader adds nothing at birth ...
-            assert not np.any(new[k])
-        if k.endswith("kv/kernel"):  # ... and is aligned: its key projection is its query projection
-            q = new[k.replace("kv/kernel", "q/kernel")]
-            np.testing.assert_array_equal(new[k][:, :q.shape[1]], q)
-            assert not np.array_equal(q, sp[k.replace("kv/kernel", "q/kernel")])
 
-    # --aligned-from: a trained aligned reader (here the mixture model's) with the position code it was trained with
-    taken = _flat_params(tr.new_aligned(specialist, aligned_from=mix))
-    for k in aligned + sorted(codes):
-        np.testing.assert_array_equal(taken[k], old[k])
-    for k in set(sp) - set(aligned) - codes:
-        np.testing.assert_array_equal(taken[k], new[k])
+def test_train_chain_resumes_with_what_is_left_and_skips_a_finished_run(tmp_path):
+    """spent(): the training seconds a run's metrics.jsonl records (the mean step time times the steps since the last
+    line), so the same command resumes a run with the rest of its budget and skips one whose budget is spent."""
+    run = tmp_path / "stage1"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 10, "step_time_s": 2.0}\n{"step": 30, "step_time_s": 1.5}\n'
+                                       'not json\n{"step": 20, "step_time_s": 9.0}\n')
+    assert train_chain.spent(run) == 10 * 2.0 + 20 * 1.5
+    assert train_chain.spent(tmp_path / "absent") == 0.0
+    a = train_chain.argparse.Namespace(out=str(tmp_path), budgets={"stage1": 50.0}, scale=1.0)
+    (run / "export").mkdir()
+    assert train_chain.start(a, "stage1", [], "stage1", {}) is None  # 50 s spent of 50: done

@@ -188,3 +188,16 @@ def test_procedural_styles_differ_and_bad_inputs_are_named():
         W.draw_style(rng, "held_out")
     with pytest.raises(ValueError, match="draw_subject"):
         W.random_scene(rng, subjects=["zib"])
+
+
+def test_render_window_holds_every_shape_and_part():
+    """render.EXTENT bounds each shape and part (in radii): nothing of them lies outside the window it sets."""
+    from iimagen.world.render import EXTENT, _part, shape_mask
+    from iimagen.world.scene import PARTS, SHAPES
+
+    g = np.linspace(-2, 2, 1601)
+    U, V = np.meshgrid(g, g)
+    radius = np.maximum(abs(U), abs(V))  # the window is a square
+    for name in SHAPES + PARTS:
+        mask = shape_mask(name, U, V) if name in SHAPES else _part(name, U, V)
+        assert not (mask & (radius > EXTENT[name])).any(), name

@@ -20,12 +20,14 @@ stage-0 text-to-image model's output unchanged to the last bit (`attach_context`
 cross-attention's queries the same 2-D position code as the context tokens and starts its key projection equal to
 its query projection, so a query starts out attending to the context tokens at its own place. Without it, the
 queries (conv features) carry almost no absolute position and a spatial control cannot be read pixel-to-pixel:
-the branch stayed unused through the shipped chain's stage 1 and 600 stage-2 steps (see README, "Context use").
+the branch stayed unused through the shipped chain's stage 1 and 600 stage-2 steps (docs/experiments/2026-11-26-aligned-context-attention.md).
 
-Two optional parts aim at reading a reference by content, as copying a subject needs (off in the named configs; see
-README, "Content reading"): `cfg.ctx_patch` adds each token's own image patch, linearly embedded, to the context
-tokens (the bottleneck keeps little of a reference's colours), and `cfg.ctx_content_attn` adds a second context
-cross-attention per block without position codes. Both start at identity, like the rest of the branch.
+Subjects and styles need the opposite: reading a reference by content, wherever it shows the subject. So every
+context block holds two readers (`cfg.ctx_content_attn`, on in the named configs): the aligned attention above and a
+second context cross-attention whose queries carry no position code, both with zero output at birth, so one model
+learns to follow control maps and subject or style references from stage 1 on. (The shipped world-v1 checkpoints
+predate it: all but `instruct-imagen-two-readers-tiny` have the aligned reader only.) `cfg.ctx_patch` (off
+everywhere) adds each token's own image patch, linearly embedded, to the context tokens.
 """
 from __future__ import annotations
 

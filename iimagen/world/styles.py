@@ -47,17 +47,18 @@ def _blur(x, n=1):
 
 
 def _rgb_to_hsv(x):
-    mx, mn = x.max(-1), x.min(-1)
-    d = mx - mn + 1e-8
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    h = np.where(mx == r, (g - b) / d % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) / 6
-    return h, np.where(mx > 0, (mx - mn) / (mx + 1e-8), 0), mx
+    mx, mn = x.max(-1), x.min(-1)
+    inv = 1 / (mx - mn + np.float32(1e-8))
+    hr = (g - b) * inv
+    hr += 6 * (hr < 0)  # = (g - b) / d % 6, as |g - b| <= d
+    h = np.where(mx == r, hr, np.where(mx == g, (b - r) * inv + 2, (r - g) * inv + 4)) / 6
+    return h, np.where(mx > 0, (mx - mn) / (mx + np.float32(1e-8)), 0).astype(x.dtype), mx
 
 
 def _hsv_to_rgb(h, s, v):
-    k = lambda n: (n + h[..., None] * 6) % 6  # noqa: E731
-    n = np.asarray([5, 3, 1], np.float32)
-    return v[..., None] - v[..., None] * s[..., None] * np.clip(np.minimum(k(n), 4 - k(n)), 0, 1)
+    k = (np.asarray([5, 3, 1], h.dtype) + h[..., None] * 6) % 6
+    return v[..., None] * (1 - s[..., None] * np.clip(np.minimum(k, 4 - k), 0, 1))
 
 
 @lru_cache(maxsize=64)
@@ -137,26 +138,35 @@ def draw_style(rng: np.random.Generator, split: str = "train") -> Style:
                  str(rng.choice(["none", "dark", "light"])))
 
 
+@lru_cache(maxsize=256)
+def _texture_mask(R: int, texture: str, period: float, angle: float) -> np.ndarray:
+    """The darkening factor [R, R, 1] of a texture (cached: a style is applied to its reference and its target)."""
+    c = (np.arange(R, dtype=np.float32) + np.float32(0.5)) / np.float32(R * period)
+    ca, sa = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+    a = c[None, :] * ca + c[:, None] * sa
+    b = c[:, None] * ca - c[None, :] * sa
+    fa, fb = a % 1, b % 1
+    if texture == "lines":
+        m = fa < 0.35
+    elif texture == "dots":
+        m = (fa - 0.5) ** 2 + (fb - 0.5) ** 2 < 0.09
+    elif texture == "grid":
+        m = (fa < 0.22) | (fb < 0.22)
+    else:  # hatch
+        m = (fa < 0.25) | ((a + b) % 1 < 0.25)
+    out = (1 - np.float32(0.45) * m[..., None]).astype(np.float32)
+    out.flags.writeable = False
+    return out
+
+
 def _procedural(x: np.ndarray, st: Style) -> np.ndarray:
+    x = np.asarray(x, np.float32)
     h, s, v = _rgb_to_hsv(x)
-    y = _hsv_to_rgb((h + st.hue) % 1, np.clip(s * st.sat, 0, 1), np.power(v, st.gamma))
+    y = _hsv_to_rgb((h + np.float32(st.hue)) % 1, np.minimum(s * np.float32(st.sat), 1), np.power(v, np.float32(st.gamma)))
     if st.levels:
-        y = np.round(y * (st.levels - 1)) / (st.levels - 1)
+        y = np.round(y * np.float32(st.levels - 1)) / np.float32(st.levels - 1)
     if st.texture != "none":
-        R = x.shape[0]
-        c = (np.arange(R) + 0.5) / R / st.period
-        a = c[None, :] * np.cos(st.angle) + c[:, None] * np.sin(st.angle)
-        b = -c[None, :] * np.sin(st.angle) + c[:, None] * np.cos(st.angle)
-        fa, fb = a % 1, b % 1
-        if st.texture == "lines":
-            m = fa < 0.35
-        elif st.texture == "dots":
-            m = (fa - 0.5) ** 2 + (fb - 0.5) ** 2 < 0.09
-        elif st.texture == "grid":
-            m = (fa < 0.22) | (fb < 0.22)
-        else:  # hatch
-            m = (fa < 0.25) | ((a + b) % 1 < 0.25)
-        y = y * (1 - 0.45 * m[..., None])
+        y = y * _texture_mask(x.shape[0], st.texture, st.period, st.angle)
     if st.outline != "none":
         e = np.clip(_edges(x) * 4 - 0.4, 0, 1)[..., None]
         y = y * (1 - e) if st.outline == "dark" else y + (1 - y) * e
