@@ -220,7 +220,7 @@ def read_config(directory):
             raise CheckpointError(f"checkpoint {directory} is incomplete: {name} is missing; re-export it ({fix})")
     try:
         raw = json.loads((directory / "config.json").read_text())
-        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["model"].items()})
+        cfg = ModelConfig.from_dict(raw["model"])  # JSON lists become tuples in ModelConfig.__post_init__
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{directory / 'config.json'} is not a valid model config ({e}); re-export the "
                               "checkpoint with this version of iimagen, or copy the folder again") from None

@@ -52,7 +52,6 @@ class ModelConfig:
     dropout: float = 0.0
     input_skip: bool = False       # full-resolution skip: input conv -> output head (zero-initialised, see unet.py)
     ctx_query_pos: bool = False    # queries of the context cross-attention get the context's 2-D position (unet.py)
-    ctx_patch: bool = False        # context tokens also carry their image patch's pixels (added at identity, unet.py)
     ctx_content_attn: bool = False  # a second context cross-attention without position codes (on in the named configs)
 
     def __post_init__(self):
@@ -124,6 +123,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        for k, off in RETIRED.items():  # a retired switch, stored off by older checkpoints, means nothing now
+            if k in d and d[k] == off:
+                d = {x: v for x, v in d.items() if x != k}
+            elif k in d:
+                raise ConfigError(f"ModelConfig.{k}={d[k]!r}: this switch was retired (experiments/, git history "
+                                  f"before 2026-12-08); load the checkpoint with an older kit or retrain it")
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"ModelConfig has no field(s) {unknown}; known fields: {sorted(known)}")
@@ -132,6 +137,10 @@ class ModelConfig:
     @classmethod
     def from_json(cls, s: str) -> "ModelConfig":
         return cls.from_dict(json.loads(s))
+
+
+# Switches of earlier experiments, removed from the model: a checkpoint that stored them off still loads.
+RETIRED = {"ctx_patch": False}
 
 
 def tiny() -> ModelConfig:

@@ -257,44 +257,25 @@ def test_context_query_position_aligns_at_birth_and_keeps_identity():
         grow(plain, nnx.Rngs(6), ctx_query_pos=True)
 
 
-def test_content_reading_parts_start_at_identity_read_patches_and_ignore_the_query_position():
-    """grow(..., ctx_patch=True, ctx_content_attn=True) on an aligned context model: outputs stay bit-equal and both
-    parts learn from zero. Attached together with the branch, the patch kernel starts random and outputs stay
-    bit-equal too. A patch kernel W adds exactly `pixels of the token's own p x p patch @ W` to each context token
-    (checked against a loop over the grid), and the content attention's weights do not depend on the query position
-    code (the aligned attention's do)."""
+def test_content_reader_grown_at_identity_ignores_the_query_position():
+    """grow(..., ctx_content_attn=True) on an aligned context model (how a world-v1 checkpoint gets the second reader):
+    outputs stay bit-equal and the new reader learns from zero; its attention weights do not depend on the query
+    position code (the aligned attention's do). A retired switch stored off still loads; stored on, it is an error."""
     t2i = InstructImagen(dataclasses.replace(MICRO, use_context=False), nnx.Rngs(0))
     b = make_batch(MICRO)
     aligned = attach_context(t2i, nnx.Rngs(5), ctx_query_pos=True)
-    model = grow(aligned, nnx.Rngs(6), ctx_patch=True, ctx_content_attn=True)
-    assert model.cfg.ctx_patch and model.cfg.ctx_content_attn
+    model = grow(aligned, nnx.Rngs(6), ctx_content_attn=True)
+    assert model.cfg.ctx_content_attn and not aligned.cfg.ctx_content_attn
     fwd = lambda m, b: m(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"])
     np.testing.assert_array_equal(np.asarray(jit_method(model, fwd)(b)), np.asarray(jit_method(aligned, fwd)(b)))
-    # Attached together with the branch, the patch kernel starts random (the branch's zero outputs keep identity).
-    attached = attach_context(t2i, nnx.Rngs(5), ctx_query_pos=True, ctx_patch=True)
-    assert float(jnp.abs(attached.ctx_patch.kernel.value).min()) > 0
-    f0 = jit_method(t2i, lambda m, b: m(b["x"], b["t"], b["text_ids"]))
-    np.testing.assert_array_equal(np.asarray(jit_method(attached, fwd)(b)), np.asarray(f0(b)))
     fresh = model
     for blk in [aligned.middle] + [x for lv in aligned.encoder for x in lv.blocks]:
         if blk.ctx_attn is not None:   # a live aligned branch, so the context tokens reach the loss
             blk.ctx_attn.out.kernel.value = 0.3 * jnp.eye(MICRO.channels)
-    model = grow(aligned, nnx.Rngs(6), ctx_patch=True, ctx_content_attn=True)
+    model = grow(aligned, nnx.Rngs(6), ctx_content_attn=True)
     gd, st = nnx.split(model)
     grads = jax.jit(jax.grad(lambda s, b: jnp.mean(fwd(nnx.merge(gd, s), b) ** 2)))(st, b)
-    assert float(jnp.abs(grads["ctx_patch"]["kernel"].value).max()) > 1e-6
     assert float(jnp.abs(grads["middle"]["ctx_content"]["out"]["kernel"].value).max()) > 1e-6
-    # The patch path: token (k, i, j) gains exactly image_k[i*p:(i+1)*p, j*p:(j+1)*p] (flattened) @ W.
-    tokens = lambda m, b: m.encode_context(b["ctx_image"], b["ctx_ids"], b["ctx_mask"]).tokens
-    before = np.asarray(jit_method(model, tokens)(b))
-    W = np.random.default_rng(1).normal(size=model.ctx_patch.kernel.value.shape).astype(np.float32)
-    model.ctx_patch.kernel.value = jnp.asarray(W)
-    added = np.asarray(jit_method(model, tokens)(b)) - before
-    r, p, K = MICRO.bottleneck_resolution, MICRO.resolution // MICRO.bottleneck_resolution, MICRO.K
-    img = np.asarray(b["ctx_image"])
-    want = np.stack([np.stack([img[n, k, i * p:(i + 1) * p, j * p:(j + 1) * p].reshape(-1) @ W
-                               for k in range(K) for i in range(r) for j in range(r)]) for n in range(len(img))])
-    np.testing.assert_allclose(added, want, atol=1e-4)
     # The content attention ignores the query position; the aligned one does not (same weights otherwise; every
     # context output still zero, so nothing upstream of a block depends on the query position either).
     def weights(m, b):
@@ -306,6 +287,10 @@ def test_content_reading_parts_start_at_identity_read_patches_and_ignore_the_que
     (a1, c1), (a0, c0) = jit_method(fresh, weights)(b), jit_method(without, weights)(b)
     assert float(jnp.abs(a1 - a0).max()) > 1e-3
     np.testing.assert_allclose(np.asarray(c1), np.asarray(c0), atol=1e-6)
+    stored = json.loads(MICRO.to_json())
+    assert ModelConfig.from_dict({**stored, "ctx_patch": False}) == MICRO
+    with pytest.raises(ConfigError, match="ctx_patch=True: this switch was retired"):
+        ModelConfig.from_dict({**stored, "ctx_patch": True})
 
 
 def test_gradients_reach_shared_encoder_through_context(micro):

@@ -26,8 +26,7 @@ Subjects and styles need the opposite: reading a reference by content, wherever 
 context block holds two readers (`cfg.ctx_content_attn`, on in the named configs): the aligned attention above and a
 second context cross-attention whose queries carry no position code, both with zero output at birth, so one model
 learns to follow control maps and subject or style references from stage 1 on. (The shipped world-v1 checkpoints
-predate it: all but `instruct-imagen-two-readers-tiny` have the aligned reader only.) `cfg.ctx_patch` (off
-everywhere) adds each token's own image patch, linearly embedded, to the context tokens.
+predate it: all but `instruct-imagen-two-readers-tiny` have the aligned reader only.)
 """
 from __future__ import annotations
 
@@ -181,13 +180,6 @@ class InstructImagen(nnx.Module):
             self.ctx_slot = init(0.02, cfg.K, cL)
             self.ctx_row = init(pos, r, cL)
             self.ctx_col = init(pos, r, cL)
-            if cfg.ctx_patch:
-                # The pixels of each token's image patch (p x p x 3, p = resolution / r), linearly embedded and added
-                # to the token (see `encode_context`). Random at birth: a branch attached with it still starts at
-                # identity (its outputs are zero), and a zero patch kernel would learn only as fast as those outputs
-                # grow. `grow` zeroes it when it is added to a branch that is already trained.
-                p = cfg.resolution // r
-                self.ctx_patch = nnx.Linear(p * p * 3, cL, use_bias=False, **lin)
 
     # ---- conditioning --------------------------------------------------------------------------------------------
     def encode_text(self, text_ids) -> TextFeatures:
@@ -264,13 +256,6 @@ class InstructImagen(nnx.Module):
         feat, _ = self._encode(ctx_image.reshape(B * cfg.K, R, R, 3), emb, text, ctx=None)   # [B*K, h, w, C]
         _, h, w, C = feat.shape
         tok = self.ctx_norm(feat) + self.ctx_row[...][:, None, :] + self.ctx_col[...][None, :, :]
-        if cfg.ctx_patch:
-            # cfg.ctx_patch (the kit's addition): the bottleneck keeps little of a reference's colours (a linear
-            # probe finds a training subject from the shipped model's subject-weighted tokens 33 % of the time, from
-            # its mean colour 84 %: `evaluate.subject_probe`), so each token also gets its own patch's pixels.
-            p = R // h
-            patch = ctx_image.reshape(B * cfg.K, h, p, w, p, 3).transpose(0, 1, 3, 2, 4, 5)
-            tok = tok + self.ctx_patch(patch.reshape(B * cfg.K, h, w, -1).astype(_dtype(cfg))).astype(jnp.float32)
         tok = tok.reshape(B, cfg.K, h * w, C) + self.ctx_slot[...][None, :, None, :]
         mask = jnp.broadcast_to(ctx_mask.astype(bool)[:, :, None], (B, cfg.K, h * w))
         return ContextFeatures(tok.reshape(B, cfg.K * h * w, C), mask.reshape(B, cfg.K * h * w))
@@ -325,12 +310,11 @@ def attach_context(model_t2i: InstructImagen, rngs: nnx.Rngs | None = None, **ch
     return grow(model_t2i, rngs, use_context=True, **changes)
 
 
-GROWABLE = ("use_context", "input_skip", "ctx_patch", "ctx_content_attn")  # switches whose new parts start at identity
+GROWABLE = ("use_context", "input_skip", "ctx_content_attn")  # switches whose new parts start at identity
 
 
 def grow(model: InstructImagen, rngs: nnx.Rngs | None = None, **changes) -> InstructImagen:
-    """`model` with new parts switched on (`use_context=True`, `input_skip=True`, `ctx_patch=True`,
-    `ctx_content_attn=True`), each starting at identity (a zero output projection or kernel), every existing weight
+    """`model` with new parts switched on (`use_context=True`, `input_skip=True`, `ctx_content_attn=True`), each starting at identity (a zero output projection or kernel), every existing weight
     copied: the outputs are bit-equal to the old model's until training moves the new parts."""
     # ctx_query_pos is part of the context branch's layout: it can be chosen only when that branch is attached.
     attaching = changes.get("use_context") is True and not model.cfg.use_context
@@ -343,9 +327,6 @@ def grow(model: InstructImagen, rngs: nnx.Rngs | None = None, **changes) -> Inst
     cfg, rngs = dataclasses.replace(model.cfg, **changes), rngs or nnx.Rngs(0)
     new = nnx.jit(lambda r: InstructImagen(cfg, r))(rngs)  # one compiled init, not one per parameter shape
     nnx.update(new, nnx.state(model))                # a partial state: only the shared paths are replaced
-    if cfg.ctx_patch and not model.cfg.ctx_patch and model.cfg.use_context:
-        # patches into a trained branch: the branch's outputs are live, so only a zero patch kernel keeps identity
-        new.ctx_patch.kernel[...] = jnp.zeros_like(new.ctx_patch.kernel[...])
     return new
 
 
