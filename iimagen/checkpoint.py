@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .model.layers import variable_value
 from .paths import atomic_write
 
 FORMAT = 1
@@ -38,20 +39,13 @@ class CheckpointError(ValueError):
     """A missing, incomplete or mismatched exported model; the message names the field and the fix."""
 
 
-def _val(v):
-    """The array inside an nnx Variable (flax 0.11: `.value`; newer: `get_value()`, `.value` deprecated)."""
-    if hasattr(v, "get_value"):
-        return v.get_value()
-    return v.value if hasattr(v, "value") else v
-
-
 def flat_params(model) -> dict[str, jax.Array]:
     """{"a/b/0/kernel": array} of the model's nnx.Param leaves (the same names under flax 0.11 and 0.12)."""
     from flax import nnx
 
     state = nnx.state(model, nnx.Param)
     flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
-    return {"/".join(map(str, p)): _val(v) for p, v in flat}
+    return {"/".join(map(str, p)): variable_value(v) for p, v in flat}
 
 
 _flat_params = flat_params  # the name older scripts and tests use
@@ -62,7 +56,7 @@ def _flat_all(model):
 
     state = nnx.state(model)
     flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
-    return [(p, _val(v)) for p, v in flat]
+    return [(p, variable_value(v)) for p, v in flat]
 
 
 def _nest(flat: dict) -> dict:
@@ -282,7 +276,7 @@ def load_model(directory):
         if key not in stored:
             raise CheckpointError(f"checkpoint {directory}: config.json builds parameter {key!r}, which params/ "
                                   f"lacks; {_hint(key, cfg)}")
-        val = _val(var)
+        val = variable_value(var)
         got = np.asarray(stored[key])
         if got.shape != val.shape:
             raise CheckpointError(f"checkpoint {directory}: parameter {key!r} has shape {got.shape} in params/ but "
@@ -341,5 +335,5 @@ def random_model(cfg, seed: int = 0, scale: float = 0.05):
     state = nnx.state(m, nnx.Param)
     flat = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
     nnx.update(m, nnx.State.from_flat_path(
-        [(p, v.replace(jnp.asarray(scale * r.standard_normal(_val(v).shape), jnp.float32))) for p, v in flat]))
+        [(p, v.replace(jnp.asarray(scale * r.standard_normal(variable_value(v).shape), jnp.float32))) for p, v in flat]))
     return m

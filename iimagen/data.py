@@ -50,8 +50,9 @@ class DataError(ValueError):
 
 
 def parse_variant(variant: str | None) -> tuple[str | None, str | None]:
-    """None | 'no_instruction' | 'single_task=<task>' -> (kind, task)."""
-    if variant in (None, "", "default"):
+    """None | 'instruct' | 'no_instruction' | 'single_task=<task>' -> (kind, task): the one parser of the training
+    variants (paper Table 3's baselines), used by training, the loader and evaluation."""
+    if variant in (None, "", "default", "instruct"):
         return None, None
     if variant == "no_instruction":
         return "no_instruction", None
@@ -145,7 +146,7 @@ class Loader:
         if ex.drop == "all":
             return None
         if self.variant == "no_instruction":
-            return ex.truth["caption"]  # None for style transfer: no text at all
+            return T.no_instruction_text(ex)
         return ex.instruction.text
 
     def encode(self, texts: list[str], length: int) -> np.ndarray:
@@ -168,7 +169,7 @@ class Loader:
     def _batch_u8(self, step: int, examples=None) -> dict[str, np.ndarray]:
         """`batch(step)` with its two images still uint8 (what a worker process sends); `examples`: the global
         indices to build (default: this host's slice)."""
-        from .instruction import _resize
+        from .instruction import resize_image
 
         if examples is None:
             examples = range(self.offset, self.offset + self.local)
@@ -186,7 +187,7 @@ class Loader:
                 if c.image.shape[:2] == (R, R):
                     ctx_u8[b, k] = c.image
                 else:  # resized as instruction.batch_instructions does
-                    ctx_u8[b, k] = np.round((_resize(c.image, R) + 1.0) * 127.5).astype(np.uint8)
+                    ctx_u8[b, k] = np.round((resize_image(c.image, R) + 1.0) * 127.5).astype(np.uint8)
                 where.append((b, k))
                 texts.append(c.text)
         if where:

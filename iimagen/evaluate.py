@@ -375,7 +375,7 @@ def degrade(img: np.ndarray, rng: np.random.Generator, kind: str | None = None, 
     severe only).
     level 'mild' (PQ 0.5: recognisable with artifacts): sigma 0.03-0.08, 1 pass, 15-30 % blends;
     'severe' (PQ 0): sigma 0.12-0.4, 3-5 passes, 45-90 % blends."""
-    from .world.styles import _blur
+    from .world.styles import blur
 
     if level not in ("mild", "severe"):
         raise EvalError(f"degrade level {level!r} is unknown; use 'mild' or 'severe'")
@@ -386,12 +386,12 @@ def degrade(img: np.ndarray, rng: np.random.Generator, kind: str | None = None, 
     if kind == "noise":
         y = x + rng.normal(0, rng.uniform(0.03, 0.08) if mild else rng.uniform(0.12, 0.4), x.shape)
     elif kind == "blur":
-        y = _blur(x, 1 if mild else int(rng.integers(3, 6)))
+        y = blur(x, 1 if mild else int(rng.integers(3, 6)))
     elif kind == "ghost":
         a = rng.uniform(0.15, 0.3) if mild else rng.uniform(0.45, 0.55)
         y = (1 - a) * x + a * np.roll(x, tuple(rng.integers(R // 8, R // 2, 2)), axis=(0, 1))
     elif kind == "field":
-        f = _blur(rng.random((R, R, 3)).astype(np.float32), int(rng.integers(1, 4)))
+        f = blur(rng.random((R, R, 3)).astype(np.float32), int(rng.integers(1, 4)))
         a = rng.uniform(0.15, 0.3) if mild else rng.uniform(0.45, 0.9)
         y = (1 - a) * x + a * (f - f.mean() + 0.5)
     elif kind == "shift":  # a colour cast (samples' colours drift): one offset per channel
@@ -463,7 +463,7 @@ def train_judges(folder=None, n_train: int = 3000, n_test: int = 200, seed: int 
 def validate_judges(judges: dict, images: dict, seed: int) -> dict:
     """The realism judge on held-out renders per resolution: how often clean, noisy (sigma 0.05), blurred (one pass),
     and mildly and severely degraded renders (`degrade`) are called clean."""
-    from .world.styles import _blur
+    from .world.styles import blur
 
     rng = np.random.default_rng(seed)
     rr = {}
@@ -473,7 +473,7 @@ def validate_judges(judges: dict, images: dict, seed: int) -> dict:
                 ims = imgs
             else:
                 ims = np.stack([W.to_uint8(x + rng.normal(0, 0.05, x.shape)) if cond == "noise" else
-                                W.to_uint8(_blur(x, 1)) for x in imgs.astype(np.float32) / 255])
+                                W.to_uint8(blur(x, 1)) for x in imgs.astype(np.float32) / 255])
             rr[f"{R}px_{cond}_called_clean"] = float(np.mean(_predict(judges["realism"], judge_features(ims))[:, 0]
                                                             >= 0.5))
         for kind in DEGRADATIONS:
@@ -553,14 +553,14 @@ def style_descriptor(img: np.ndarray) -> np.ndarray:
     """What a style changes, whatever the layout: the soft colour histogram of the whole image, the power spectrum of
     its high-passed luminance in 4 radial x 8 angular bins (texture period and angle), and its mean gradient; after
     one blur pass, so that a blurred output still matches its style."""
-    from .world.styles import _blur
+    from .world.styles import blur
 
-    x = _blur(_f(img), 1)
+    x = blur(_f(img), 1)
     R = x.shape[0]
     i, w = _bin_weights(x.reshape(-1, 3))
     hist = np.bincount(i.ravel(), w.ravel(), _BINS ** 3)
     L = x @ np.asarray([0.299, 0.587, 0.114], np.float32)
-    P = np.abs(np.fft.fft2(L - _blur(L[..., None], 2)[..., 0])) ** 2
+    P = np.abs(np.fft.fft2(L - blur(L[..., None], 2)[..., 0])) ** 2
     fy, fx = np.meshgrid(np.fft.fftfreq(R), np.fft.fftfreq(R), indexing="ij")
     band = np.clip((np.hypot(fy, fx) * 8).astype(int), 0, 3) * 8 + np.clip(
         ((np.arctan2(fy, fx) % np.pi) / np.pi * 8).astype(int), 0, 7)
@@ -798,26 +798,23 @@ def score_examples(examples: list, images: list, judges: dict | None = None) -> 
 
 
 # --------------------------------------------------------------------------------------------- generation
-def no_instruction_text(ex: T.Example) -> str | None:
-    """The payload the multi-task baseline (paper §5.1, trained with `data.Loader(variant='no_instruction')`) sees:
-    the target caption, or None (no text at all) for style transfer. Contexts keep their images and short texts."""
-    return ex.truth.get("caption")
-
-
 def model_batch(examples: list, tokenizer, cfg, variant: str | None = None) -> dict:
     """The instruction batch (docs/contracts.md) of `examples` for a model trained with `variant` (None/'instruct':
-    the instruction text; 'no_instruction': `no_instruction_text`, all pad when None)."""
+    the instruction text; 'no_instruction': `tasks.no_instruction_text`, all pad when None)."""
+    from .data import parse_variant
     from .instruction import batch_instructions
 
+    try:
+        kind, _ = parse_variant(variant)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     b = batch_instructions([e.instruction for e in examples], tokenizer, cfg.resolution, cfg.K, cfg.text_len,
                            cfg.ctx_text_len)
-    if variant == "no_instruction":
-        texts = [no_instruction_text(e) for e in examples]
+    if kind == "no_instruction":
+        texts = [T.no_instruction_text(e) for e in examples]
         ids = tokenizer.encode([t or "" for t in texts], cfg.text_len)
         ids[[t is None for t in texts]] = 0
         b["text_ids"] = np.asarray(ids, np.int32)
-    elif variant not in (None, "instruct", "default") and not str(variant).startswith("single_task"):
-        raise EvalError(f"variant={variant!r} is unknown; use 'instruct', 'no_instruction' or 'single_task=<task>'")
     return b
 
 
@@ -1125,7 +1122,7 @@ def cli_eval(argv=None) -> int:
     """`iimagen eval --checkpoint DIR [--baselines DIR ...] --out DIR [--n 16] [--sampler ddim --steps 50]`: writes
     OUT/table.md, OUT/scores.json and OUT/fig4.png. Baselines whose meta says variant='single_task=<task>' form one
     "Single-task" column (each on its own task; a second model of a task gets a column "Single-task (RUN)");
-    'no_instruction' models see `no_instruction_text`."""
+    'no_instruction' models see `tasks.no_instruction_text`."""
     from .checkpoint import export_of
     from .cli import fail
     from .diffusion import CLIP_MODES, SAMPLERS

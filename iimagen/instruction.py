@@ -398,7 +398,7 @@ def _colour(k: int):
 
 
 # ---------------------------------------------------------------------------------------------------- batching
-def _resize(img: np.ndarray, r: int) -> np.ndarray:
+def resize_image(img: np.ndarray, r: int) -> np.ndarray:
     """uint8 HxWx3 -> float32 rxrx3 in [-1, 1]: bicubic when enlarging, area (box) when shrinking; no crop."""
     h, w = img.shape[:2]
     if (h, w) != (r, r):
@@ -458,7 +458,7 @@ def batch_instructions(instructions: Sequence[Instruction], tokenizer, resolutio
             n = len(ins.contexts)
             ctx_ids[b, :n] = tokenizer.encode([c.text for c in ins.contexts], ctx_text_len)
             for k, c in enumerate(ins.contexts):
-                ctx_image[b, k] = _resize(c.image, resolution)
+                ctx_image[b, k] = resize_image(c.image, resolution)
             ctx_mask[b, :n] = True
     text_ids = tokenizer.encode([ins.text for ins in instructions], text_len)
     return {"text_ids": text_ids, "ctx_image": ctx_image, "ctx_ids": ctx_ids, "ctx_mask": ctx_mask}

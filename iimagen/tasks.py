@@ -107,6 +107,12 @@ class Example:
         return TASK_NAMES.index(self.task)
 
 
+def no_instruction_text(ex: Example) -> str | None:
+    """The payload the multi-task baseline (paper §5.1, `--variant no_instruction`) sees instead of the instruction:
+    the target caption, or None (no text at all) for style transfer. Contexts keep their images and short texts."""
+    return ex.truth.get("caption")
+
+
 def composition(spec: Spec) -> dict:
     """What a spec combines: subjects (target or references), style (target styled or style context), control."""
     subjects = set(spec.scene.subjects) | {s for r in spec.refs if r.kind == "subject" for s in r.scene.subjects}

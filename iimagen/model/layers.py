@@ -12,6 +12,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def variable_value(v):
+    """The array inside an nnx Variable (flax 0.11: `.value`; newer: `get_value()`, `.value` deprecated)."""
+    if hasattr(v, "get_value"):
+        return v.get_value()
+    return v.value if hasattr(v, "value") else v
+
+
 def module_list(modules):
     """A list of submodules that flax 0.11 (plain list) and flax >= 0.12 (`nnx.List`) both track as children."""
     return nnx.List(modules) if hasattr(nnx, "List") else list(modules)

@@ -37,9 +37,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from iimagen.checkpoint import _val as variable_value
 from iimagen.configs import ModelConfig, get_config
-from .layers import Attention, Downsample, ResBlock, Upsample, module_list, sinusoidal_embedding
+from .layers import Attention, Downsample, ResBlock, Upsample, module_list, sinusoidal_embedding, variable_value
 from .text import TextEncoder, TextFeatures
 
 

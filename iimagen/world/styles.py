@@ -39,7 +39,7 @@ def _edges(x):
     return np.hypot(g[1:-1, 2:] - g[1:-1, :-2], g[2:, 1:-1] - g[:-2, 1:-1])
 
 
-def _blur(x, n=1):
+def blur(x, n=1):
     for _ in range(n):
         p = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
         x = (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] + 2 * p[1:-1, 1:-1]) / 6
@@ -212,19 +212,19 @@ def stylize(x: np.ndarray, style) -> np.ndarray:
         shade = np.where(hatch & (L < 0.55), 0.55, 1.0)
         y = np.repeat((_paper(R) * shade * (1 - np.clip(_edges(x) * 3, 0, 0.8)))[..., None], 3, -1)
     elif style == "watercolour":
-        b = _blur(x, 2 if R <= 32 else 3)
+        b = blur(x, 2 if R <= 32 else 3)
         y = (0.35 + 0.65 * b) * _paper(R)[..., None] * (1 - 0.5 * np.clip(_edges(b) * 3, 0, 1))[..., None]
     elif style == "neon":
         e = np.clip(_edges(x) * 4, 0, 1)
         h, s, v = _rgb_to_hsv(x)
         glow = _hsv_to_rgb(h, np.ones_like(s), np.ones_like(v))
-        e = np.maximum(e, _blur(e[..., None], 2)[..., 0] * 0.8)
+        e = np.maximum(e, blur(e[..., None], 2)[..., 0] * 0.8)
         y = 0.05 + glow * e[..., None]
     elif style == "pop art":
         h, s, v = _rgb_to_hsv(x)
         y = _hsv_to_rgb((h + 0.5) % 1, np.ones_like(s) * 0.9, np.where(v > 0.5, 1.0, 0.55))
     elif style == "pastel":
-        y = 0.5 * _blur(x) + 0.5 * np.asarray([1.0, 0.95, 0.97])
+        y = 0.5 * blur(x) + 0.5 * np.asarray([1.0, 0.95, 0.97])
     elif style == "linocut":
         lines = (np.arange(R)[:, None] * 2 - np.arange(R)[None, :]) % 4 < 2
         ink = (L < 0.35) | ((L < 0.7) & lines) | (_edges(x) > 0.15)
