@@ -595,7 +595,11 @@ def _train(tc: TrainConfig, workdir: Path, mesh: Mesh, progress: bool) -> dict:
     # ==== Loop ====
     log = open(workdir / "metrics.jsonl", "a")
     t0, t_last, seen_last = time.time(), time.time(), start
-    bar = tqdm(total=tc.steps, initial=start, desc=f"stage {tc.stage} {tc.config}", disable=not progress)
+    if tc.time_budget:  # the budget binds, not --steps: the bar counts its seconds (and the steps done beside them)
+        bar = tqdm(total=round(tc.time_budget), desc=f"stage {tc.stage} {tc.config}, time budget",
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s{postfix}", disable=not progress)
+    else:
+        bar = tqdm(total=tc.steps, initial=start, desc=f"stage {tc.stage} {tc.config}", disable=not progress)
     step = done = start
     stopped_early = False
     # Dispatch is asynchronous: without a wait the loop would queue up every prefetched batch and overrun
@@ -626,9 +630,9 @@ def _train(tc: TrainConfig, workdir: Path, mesh: Mesh, progress: bool) -> dict:
                                         for i in range(len(cnt)) if cnt[i]}
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
+                    bar.set_postfix(step=done, loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
                     t_last, seen_last = now, done
-                bar.update(1)
+                bar.update(min(time.time() - t0, bar.total) - bar.n if tc.time_budget else 1)
                 if done % tc.ckpt_every == 0:
                     check_finite(metrics, done, tc, mngr)
                     save_state(mngr, state, {**meta, "wall_s": wall_before + time.time() - t0})
