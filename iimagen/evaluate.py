@@ -1125,9 +1125,8 @@ def cli_eval(argv=None) -> int:
     'no_instruction' models see `tasks.no_instruction_text`."""
     from .checkpoint import export_of
     from .cli import fail
-    from .diffusion import CLIP_MODES, SAMPLERS
     from .paths import atomic_write, check_output
-    from .pipeline import Generator
+    from .pipeline import Generator, add_sampling_args, sampling_args
 
     p = argparse.ArgumentParser(prog="iimagen eval", description=cli_eval.__doc__.split(":")[0])
     p.add_argument("--checkpoint", required=True, help="exported Instruct-Imagen folder (or a run's workdir)")
@@ -1135,18 +1134,7 @@ def cli_eval(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="overwrite table.md, scores.json and fig4.png in --out")
     p.add_argument("--n", type=int, default=16, help="examples per task")
-    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", default="paper", help="'paper' (w=25, oscillating), 'none', or a scale w")
-    p.add_argument("--context-guidance", type=float, default=None,
-                   help="separate context scale w_c (3 branches: v_u + w (v_t - v_u) + w_c (v_c - v_t))")
-    p.add_argument("--reference-guidance", default=None, metavar="I=W[,I=W]",
-                   help="per-reference scales, e.g. '1=3': [ref#1] at 3 (one more branch each; nothing for an "
-                        "example without [ref#I] or a model without context)")
-    p.add_argument("--oscillate", action=argparse.BooleanOptionalAction, default=None,
-                   help="guidance on every other step (default: on for 'paper', off for a number)")
-    p.add_argument("--clip", default="dynamic", choices=list(CLIP_MODES),
-                   help="x0 thresholding while sampling: dynamic (Imagen), static, none")
+    add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", nargs="*", default=None, help="default: all in-domain and zero-shot tasks")
     p.add_argument("--context-use", action="store_true",
@@ -1154,11 +1142,7 @@ def cli_eval(argv=None) -> int:
     a = p.parse_args(argv)
     outputs = ("table.md", "scores.json", "fig4.png")
     try:
-        from .pipeline import check_sampling, parse_guidance
-
-        # a bad value fails before any load
-        guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate, a.reference_guidance)
-        check_sampling(a.sampler, a.steps)
+        s = sampling_args(a)  # a bad value fails before any load
         if a.n < 1:
             raise EvalError(f"--n {a.n}: give at least 1 example per task")
         tasks = a.tasks or list(IN_DOMAIN + ZERO_SHOT)
@@ -1183,8 +1167,8 @@ def cli_eval(argv=None) -> int:
                 models.setdefault(col, {})[task] = gen
                 continue
             models[name if name not in models else str(d)] = gen  # two runs of one kind: their paths tell them apart
-        res = evaluate_models(models, tasks, a.n, a.seed, sampler=a.sampler, steps=a.steps, guidance=guidance,
-                              clip=a.clip)
+        res = evaluate_models(models, tasks, a.n, a.seed, sampler=s["sampler"], steps=s["steps"],
+                              guidance=s["guidance"], clip=s["clip"])
         use = {}
         if a.context_use:
             with_ctx = [t for t in tasks if t != "text_to_image"]
@@ -1202,9 +1186,9 @@ def cli_eval(argv=None) -> int:
     table = table_markdown(res) + (context_use_markdown(use) if use else "")
     atomic_write(out / "table.md", lambda f: f.write_text(table))
     scores = json.dumps({
-        "results": res, "context_use": use, "n": a.n, "sampler": a.sampler, "steps": a.steps, "guidance": a.guidance,
-        "context_guidance": a.context_guidance, "reference_guidance": a.reference_guidance,
-        "oscillate": guidance.oscillate, "clip": a.clip, "seed": a.seed,
+        "results": res, "context_use": use, "n": a.n, "sampler": s["sampler"], "steps": s["steps"],
+        "guidance": s["guidance_text"], "context_guidance": a.context_guidance, "reference_guidance": a.reference_guidance,
+        "oscillate": s["guidance"].oscillate, "clip": s["clip"], "seed": a.seed,
         "judges": load_judges()["report"]}, indent=1)
     atomic_write(out / "scores.json", lambda f: f.write_text(scores))
     atomic_write(out / "fig4.png", lambda f: plot_fig4(res, f))

@@ -29,6 +29,11 @@ class GeneratorError(ValueError):
 
 
 MAX_STEPS = diffusion.NUM_TRAIN_TIMESTEPS  # the schedule's own grid: more steps add time, not quality
+# The sampling setting every entry point starts from (`Generator.generate`, `iimagen sample | eval | demo`, the
+# Composer): chosen on held-out examples for the kit's undertrained models (docs/experiments/
+# 2026-11-26-sampling-setting.md). The paper's recipe (App. A.2.2) is one flag away: `--paper`, `**PAPER_SAMPLING`.
+SAMPLING = {"sampler": "ddim", "steps": 50, "guidance": "none", "clip": "static"}
+PAPER_SAMPLING = {"sampler": "ddpm", "steps": 256, "guidance": "paper", "clip": "dynamic"}
 
 
 def check_sampling(sampler: str, steps: int | None) -> int:
@@ -104,14 +109,16 @@ class Generator:
         c = self.cfg
         return f"Generator({c.name}: {c.resolution} px, K={c.K} context slots, meta={self.meta})"
 
-    def generate(self, instructions, sampler: str = "ddpm", steps: int | None = None,
-                 guidance: Guidance | None = None, seed: int = 0, batch_size: int = 8, num_images: int = 1,
+    def generate(self, instructions, sampler: str = SAMPLING["sampler"], steps: int | None = None,
+                 guidance: Guidance | str | None = None, seed: int = 0, batch_size: int = 8, num_images: int = 1,
                  return_intermediates: bool = False, intermediates_every: int | None = None, progress: bool = True,
-                 clip: str = "dynamic", eta: float = 0.0):
-        """Images for `instructions` (one `Instruction` or a list).
+                 clip: str = SAMPLING["clip"], eta: float = 0.0):
+        """Images for `instructions` (one `Instruction` or a list), by default with the kit's setting (`SAMPLING`;
+        the paper's: `generate(..., **PAPER_SAMPLING)`).
 
         sampler: "ddpm" (256 steps, the paper's), "ddim" (50) or "dpm" (DPM-Solver++, 20); `steps` overrides.
-        guidance: `Guidance()` (default: the paper's oscillating w = 25), `Guidance.cfg(w)`, `Guidance.separate(...)`.
+        guidance: a `Guidance` (`Guidance()` is the paper's oscillating w = 25, `Guidance.cfg(w)`,
+        `Guidance.separate(...)`) or the command line's words ("none", "paper", a scale); None: `SAMPLING`'s.
         Returns a list of uint8 [R, R, 3] (a list of `num_images` lists when num_images > 1); with
         `return_intermediates`, also the x_0 predictions every `intermediates_every` steps (default steps // 8) per
         image, uint8 [n, R, R, 3], in the same nesting.
@@ -125,6 +132,8 @@ class Generator:
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
                 raise GeneratorError(f"generate: {name}={v!r} must be an integer >= {0 if name == 'seed' else 1}")
         steps = check_sampling(sampler, steps)
+        if not isinstance(guidance, Guidance):
+            guidance = parse_guidance(SAMPLING["guidance"] if guidance is None else str(guidance))
         every = 0
         if return_intermediates:
             every = intermediates_every or max(1, int(steps) // 8)
@@ -202,6 +211,41 @@ def parse_guidance(text: str, context: float | None = None, oscillate: bool | No
     return Guidance(w, context, bool(oscillate), refs)
 
 
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The sampling flags of `iimagen sample`, `eval` and `demo` (one parser for all three); `sampling_args` reads
+    them. Unset, they are `SAMPLING`'s; with `--paper`, `PAPER_SAMPLING`'s; a flag given beside `--paper` wins."""
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's recipe (App. A.2.2): 256-step DDPM, oscillating w = 25, dynamic clipping")
+    p.add_argument("--sampler", default=None, choices=sorted(diffusion.SAMPLERS),
+                   help=f"default {SAMPLING['sampler']} ({PAPER_SAMPLING['sampler']} with --paper)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"default {SAMPLING['steps']} ({PAPER_SAMPLING['steps']} with --paper; a sampler's own "
+                        f"default for another --sampler: 256 ddpm, 50 ddim, 20 dpm); at most {MAX_STEPS}")
+    p.add_argument("--guidance", default=None,
+                   help="'paper' (w=25, oscillating), 'none', or a scale w (default none; paper with --paper)")
+    p.add_argument("--context-guidance", type=float, default=None,
+                   help="separate context scale w_c (3 branches: v_u + w (v_t - v_u) + w_c (v_c - v_t))")
+    p.add_argument("--reference-guidance", default=None, metavar="I=W[,I=W]",
+                   help="per-reference scales, e.g. '1=3': [ref#1] at 3 (one more branch each; nothing for an "
+                        "example without [ref#I] or a model without context)")
+    p.add_argument("--oscillate", action=argparse.BooleanOptionalAction, default=None,
+                   help="guidance on every other step (default: on for 'paper', off for a number)")
+    p.add_argument("--clip", default=None, choices=list(diffusion.CLIP_MODES),
+                   help="x0 thresholding while sampling: static (default), dynamic (Imagen's; with --paper), none")
+
+
+def sampling_args(a: argparse.Namespace) -> dict:
+    """{"sampler", "steps", "guidance" (a Guidance), "guidance_text", "clip"} from `add_sampling_args`' flags,
+    checked (a bad value is a GeneratorError before anything is loaded)."""
+    base = PAPER_SAMPLING if a.paper else SAMPLING
+    sampler = a.sampler or base["sampler"]
+    steps = a.steps if a.steps is not None else (base["steps"] if sampler == base["sampler"] else None)
+    text = a.guidance or base["guidance"]
+    return {"sampler": sampler, "steps": check_sampling(sampler, steps), "guidance_text": text,
+            "guidance": parse_guidance(text, a.context_guidance, a.oscillate, a.reference_guidance),
+            "clip": a.clip or base["clip"]}
+
+
 def find_instructions(path) -> list[tuple[str, Path]]:
     """(name, path) of the instructions at `path`: an instruction.json, a folder holding one, or a folder of such
     folders / instruction JSON files (other JSON files there, such as the examples' index.json, are not
@@ -251,22 +295,14 @@ def cli_sample(argv=None) -> int:
     p.add_argument("--checkpoint", required=True, help="exported model folder (config.json, params/, ...)")
     p.add_argument("--instruction", required=True, help="instruction.json, its folder, or a folder of them")
     p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--sampler", default="ddpm", choices=sorted(diffusion.SAMPLERS))
-    p.add_argument("--steps", type=int, default=None, help=f"default: 256 ddpm, 50 ddim, 20 dpm; at most {MAX_STEPS}")
-    p.add_argument("--guidance", default="paper", help="'paper' (w=25, oscillating), 'none', or a scale w")
-    p.add_argument("--context-guidance", type=float, default=None, help="separate context scale (3 branches)")
-    p.add_argument("--reference-guidance", default=None, metavar="I=W[,I=W]",
-                   help="per-reference scales, e.g. '1=3': [ref#1] at 3 (one more branch each)")
-    p.add_argument("--oscillate", action=argparse.BooleanOptionalAction, default=None,
-                   help="guidance on every other step (default: on for 'paper', off for a number)")
+    add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num", type=int, default=1, help="images per instruction")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--force", action="store_true", help="overwrite PNGs of the same names in --out")
     a = p.parse_args(argv)
     try:
-        guidance = parse_guidance(a.guidance, a.context_guidance, a.oscillate, a.reference_guidance)
-        steps = check_sampling(a.sampler, a.steps)
+        s = sampling_args(a)
         for name, v, lo in (("--num", a.num, 1), ("--batch-size", a.batch_size, 1), ("--seed", a.seed, 0)):
             if v < lo:
                 raise GeneratorError(f"{name} {v}: give an integer >= {lo}")
@@ -277,8 +313,8 @@ def cli_sample(argv=None) -> int:
         files = [f"{name}_{j}.png" for name, _ in named for j in range(a.num)]
         out = check_output(a.out, files, a.force)
         gen = Generator.load(a.checkpoint)
-        images = gen.generate(instructions, sampler=a.sampler, steps=steps, guidance=guidance, seed=a.seed,
-                              batch_size=a.batch_size, num_images=a.num)
+        images = gen.generate(instructions, sampler=s["sampler"], steps=s["steps"], guidance=s["guidance"],
+                              seed=a.seed, batch_size=a.batch_size, num_images=a.num, clip=s["clip"])
     except ValueError as e:  # CheckpointError, GeneratorError, InstructionError, OutputError: all ValueErrors
         return fail("iimagen sample", e)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,6 +323,7 @@ def cli_sample(argv=None) -> int:
         atomic_write(out / f, lambda tmp, im=img: Image.fromarray(im).save(tmp, format="PNG"))
     skipped = sorted(q.name for q in Path(a.instruction).glob("*.json") if not is_instruction_json(q)) \
         if Path(a.instruction).is_dir() and not (Path(a.instruction) / "instruction.json").is_file() else []
-    print(json.dumps({"written": len(files), "out": str(out), "sampler": a.sampler, "steps": steps, "seed": a.seed,
+    print(json.dumps({"written": len(files), "out": str(out), "sampler": s["sampler"], "steps": s["steps"],
+                      "guidance": s["guidance_text"], "clip": s["clip"], "seed": a.seed,
                       **({"skipped_not_instructions": skipped} if skipped else {})}))
     return 0

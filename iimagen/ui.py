@@ -47,12 +47,13 @@ from PIL import Image, UnidentifiedImageError
 
 from . import paths
 from .instruction import KINDS, Context, Instruction, InstructionError, marker, to_rgb_uint8
+from .pipeline import SAMPLING
 
 FREE_TEXT = "(free text)"
 # The Composer's default sampling setting: the one place to change it. PAPER_SETTINGS is the paper's recipe
 # (App. A.2.2), one click away in the app ("paper's recipe").
-DEFAULT_SETTINGS = {"sampler": "ddim", "steps": 25, "scale": 25.0, "context_scale": None, "oscillate": True,
-                    "clip": "dynamic", "references": ""}
+DEFAULT_SETTINGS = {"sampler": SAMPLING["sampler"], "steps": SAMPLING["steps"], "scale": 1.0, "context_scale": None,
+                    "oscillate": False, "clip": SAMPLING["clip"], "references": ""}  # = pipeline.SAMPLING
 PAPER_SETTINGS = {"sampler": "ddpm", "steps": 256, "scale": 25.0, "context_scale": None, "oscillate": True,
                   "clip": "dynamic", "references": ""}
 PREVIEW_INVALID = "(the drawing returns when the instruction is valid)"

@@ -187,7 +187,13 @@ def test_cli_eval_writes_table_and_groups_single_task(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "fig4.png").stat().st_size > 1000
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o2"), "--n", "0"]) == 2
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o2"), "--tasks", "bogus"]) == 2
-    assert guided and all(g == Guidance.paper() for g in guided)
+    assert guided and all(g == Guidance.none() for g in guided)  # the kit's setting (pipeline.SAMPLING) by default
+    assert json.loads((tmp_path / "out" / "scores.json").read_text())["clip"] == "static"
+    guided.clear()
+    assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "op"), "--n", "1", "--tasks", "subject",
+                       "--paper"]) == 0  # the paper's recipe, one flag away
+    paper = json.loads((tmp_path / "op" / "scores.json").read_text())
+    assert guided == [Guidance.paper()] and (paper["sampler"], paper["steps"], paper["clip"]) == ("ddpm", 256, "dynamic")
     # a separate context scale: three branches, text w = 1, context w_c = 7, on every step; recorded with the scores
     guided.clear()
     assert E.cli_eval(["--checkpoint", dirs[0], "--out", str(tmp_path / "o3"), "--n", "1", "--tasks", "subject",
