@@ -169,36 +169,19 @@ class Loader:
     def _batch_u8(self, step: int, examples=None) -> dict[str, np.ndarray]:
         """`batch(step)` with its two images still uint8 (what a worker process sends); `examples`: the global
         indices to build (default: this host's slice)."""
-        from .instruction import resize_image
+        from .instruction import InstructionError, batch_instructions
 
         if examples is None:
             examples = range(self.offset, self.offset + self.local)
         exs = [self.example(step, j, with_truth=False) for j in examples]
-        B, K, R = len(exs), self.K, self.R
-        ctx_u8 = np.zeros((B, K, R, R, 3), np.uint8)
-        ctx_ids = np.zeros((B, K, self.ctx_text_len), np.int32)
-        ctx_mask = np.zeros((B, K), bool)
-        where, texts = [], []
-        for b, e in enumerate(exs):
-            cs = e.instruction.contexts
-            if len(cs) > K:
-                raise DataError(f"example {b} of step {step} has {len(cs)} contexts but K={K}; use K >= {len(cs)}")
-            for k, c in enumerate(cs):
-                if c.image.shape[:2] == (R, R):
-                    ctx_u8[b, k] = c.image
-                else:  # resized as instruction.batch_instructions does
-                    ctx_u8[b, k] = np.round((resize_image(c.image, R) + 1.0) * 127.5).astype(np.uint8)
-                where.append((b, k))
-                texts.append(c.text)
-        if where:
-            bs, ks = np.asarray(where).T
-            ctx_ids[bs, ks] = self.encode(texts, self.ctx_text_len)
-            ctx_mask[bs, ks] = True
-        payload = [self._text(e) for e in exs]
-        text_ids = self.encode([t or "" for t in payload], self.text_len)
-        text_ids[[t is None for t in payload]] = 0
-        return {"text_ids": text_ids, "ctx_image": ctx_u8, "ctx_ids": ctx_ids, "ctx_mask": ctx_mask,
-                "image": np.stack([e.target for e in exs]), "task_id": np.asarray([e.task_id for e in exs], np.int32)}
+        try:
+            b = batch_instructions([e.instruction for e in exs], self.tok, self.R, self.K, self.text_len,
+                                   self.ctx_text_len, texts=[self._text(e) for e in exs], uint8=True,
+                                   encode=self.encode, check=False)
+        except InstructionError as e:
+            raise DataError(f"step {step}: {e}") from None
+        return {**b, "image": np.stack([e.target for e in exs]),
+                "task_id": np.asarray([e.task_id for e in exs], np.int32)}
 
     @staticmethod
     def _to_float(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -426,12 +426,17 @@ def check_fits(instructions: Sequence[Instruction], tokenizer, text_len: int, ct
 
 
 def batch_instructions(instructions: Sequence[Instruction], tokenizer, resolution: int, K: int,
-                       text_len: int = 64, ctx_text_len: int = 32) -> dict[str, np.ndarray]:
+                       text_len: int = 64, ctx_text_len: int = 32, *, texts: Sequence[str | None] | None = None,
+                       uint8: bool = False, encode=None, check: bool = True) -> dict[str, np.ndarray]:
     """The instruction part of a model batch (docs/contracts.md): `text_ids [B, text_len]`, `ctx_image [B, K, R, R, 3]`
-    (float32 in [-1, 1], zeros in empty slots), `ctx_ids [B, K, ctx_text_len]`, `ctx_mask [B, K]`.
+    (float32 in [-1, 1], zeros in empty slots), `ctx_ids [B, K, ctx_text_len]`, `ctx_mask [B, K]`. The one batcher:
+    generation, evaluation and the training loader all use it.
 
     `tokenizer` is `iimagen.tokenizer.load_tokenizer()`. Images are resized (not cropped) to `resolution`. A text
     longer than `text_len` / `ctx_text_len` tokens is an error (`check_fits`), never cut.
+    For training (`data.Loader`): `texts` replaces the instruction texts (None entries: all pad, the dropped text),
+    `uint8=True` keeps the context images uint8 (what worker processes send; `(x + 1) * 127.5` of the float ones),
+    `encode(texts, length)` replaces `tokenizer.encode` (the loader's memo), `check=False` skips `check_fits`.
     """
     if isinstance(instructions, Instruction):
         instructions = [instructions]
@@ -444,21 +449,33 @@ def batch_instructions(instructions: Sequence[Instruction], tokenizer, resolutio
     for b, ins in enumerate(instructions):
         if not isinstance(ins, Instruction):
             raise InstructionError(f"batch_instructions: item {b} is a {type(ins).__name__}, not an Instruction")
-    check_fits(instructions, tokenizer, text_len, ctx_text_len)
-    B = len(instructions)
-    ctx_image = np.zeros((B, K, resolution, resolution, 3), np.float32)
+    if check:
+        check_fits(instructions, tokenizer, text_len, ctx_text_len)
+    encode = encode or tokenizer.encode
+    B, R = len(instructions), resolution
+    ctx_image = np.zeros((B, K, R, R, 3), np.uint8 if uint8 else np.float32)
     ctx_ids = np.zeros((B, K, ctx_text_len), np.int32)
     ctx_mask = np.zeros((B, K), bool)
+    where, ctx_texts = [], []
     for b, ins in enumerate(instructions):
         if len(ins.contexts) > K:
             raise InstructionError(
                 f"batch_instructions: instruction {b} has {len(ins.contexts)} contexts but the model has K={K} slots; "
                 f"use a model/config with K >= {len(ins.contexts)} or drop contexts (nothing is truncated silently)")
-        if ins.contexts:
-            n = len(ins.contexts)
-            ctx_ids[b, :n] = tokenizer.encode([c.text for c in ins.contexts], ctx_text_len)
-            for k, c in enumerate(ins.contexts):
-                ctx_image[b, k] = resize_image(c.image, resolution)
-            ctx_mask[b, :n] = True
-    text_ids = tokenizer.encode([ins.text for ins in instructions], text_len)
+        for k, c in enumerate(ins.contexts):
+            if not uint8:
+                ctx_image[b, k] = resize_image(c.image, R)
+            elif c.image.shape[:2] == (R, R):
+                ctx_image[b, k] = c.image
+            else:
+                ctx_image[b, k] = np.round((resize_image(c.image, R) + 1.0) * 127.5).astype(np.uint8)
+            where.append((b, k))
+            ctx_texts.append(c.text)
+    if where:  # every context text in one call
+        bs, ks = np.asarray(where).T
+        ctx_ids[bs, ks] = encode(ctx_texts, ctx_text_len)
+        ctx_mask[bs, ks] = True
+    texts = [ins.text for ins in instructions] if texts is None else list(texts)
+    text_ids = np.asarray(encode([t or "" for t in texts], text_len), np.int32)
+    text_ids[[t is None for t in texts]] = 0
     return {"text_ids": text_ids, "ctx_image": ctx_image, "ctx_ids": ctx_ids, "ctx_mask": ctx_mask}
