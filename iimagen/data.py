@@ -97,9 +97,6 @@ class Loader:
         if stage != 2 and self.variant:
             raise DataError(f"variant={variant!r} applies to stage 2 only (the baselines of paper Table 3)")
         self.mixture = T.check_mixture({self.single: 1.0} if self.single else mixture) if stage == 2 else None
-        if stage == 2:  # what tasks.draw_mixture_spec computes on every call, once
-            m = T.check_mixture(self.mixture)
-            self._sources, self._weights = list(m), list(m.values())
         self.text_len, self.ctx_text_len = text_len, ctx_text_len
         self.local = self.batch_size // process_count
         self.offset = process_index * self.local
@@ -123,10 +120,8 @@ class Loader:
         if self.stage == 0:
             spec = T.draw_spec("text_to_image", rng, training=True)
             spec = replace(spec, text=spec.caption, drop="all" if rng.random() < T.DROP_P else None)
-        else:  # = T.draw_mixture_spec(rng, self.mixture)
-            src = self._sources[int(rng.choice(len(self._sources), p=self._weights))]
-            spec = T.draw_spec(T.SOURCE_TASK.get(src, src), rng, training=True,
-                               source="artwork" if src == "artwork" else "natural", anonymous=self.anonymous)
+        else:
+            spec = T.draw_mixture_spec(rng, self.mixture, anonymous=self.anonymous)
         return T.realize(spec, self.R, with_truth=with_truth)
 
     def fingerprint(self, n: int = 4) -> str:

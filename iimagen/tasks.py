@@ -344,11 +344,13 @@ def check_mixture(mixture: dict | None) -> dict:
     return dict(zip(mixture, (w / w.sum()).tolist()))
 
 
-def draw_mixture_spec(rng: np.random.Generator, mixture: dict | None = None) -> Spec:
-    """One training spec of the stage-2 mixture: a source by its weight, then its task's spec."""
+def draw_mixture_spec(rng: np.random.Generator, mixture: dict | None = None, anonymous: bool | None = None) -> Spec:
+    """One training spec of the stage-2 mixture (what `data.Loader` trains on): a source by its weight, then its
+    task's spec (`anonymous` as in `draw_spec`)."""
     m = check_mixture(mixture)
     src = list(m)[int(rng.choice(len(m), p=list(m.values())))]
-    return draw_spec(SOURCE_TASK.get(src, src), rng, training=True, source="artwork" if src == "artwork" else "natural")
+    return draw_spec(SOURCE_TASK.get(src, src), rng, training=True, source="artwork" if src == "artwork" else "natural",
+                     anonymous=anonymous)
 
 
 # ------------------------------------------------------------------------------------------ stage-1 clusters
