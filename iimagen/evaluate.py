@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tasks as T
+from .data import parse_variant
 from . import world as W
 
 IN_DOMAIN = ("text_to_image", "depth_to_image", "mask_to_image", "edge_to_image", "sketch_to_image",
@@ -801,7 +802,6 @@ def score_examples(examples: list, images: list, judges: dict | None = None) -> 
 def model_batch(examples: list, tokenizer, cfg, variant: str | None = None) -> dict:
     """The instruction batch (docs/contracts.md) of `examples` for a model trained with `variant` (None/'instruct':
     the instruction text; 'no_instruction': `tasks.no_instruction_text`, all pad when None)."""
-    from .data import parse_variant
     from .instruction import batch_instructions
 
     try:
@@ -824,30 +824,15 @@ def model_variant(gen) -> str:
 
 
 def generate(gen, examples: list, variant: str | None = None, sampler: str = "ddim", steps: int | None = 50,
-             seed: int = 0, batch_size: int = 16, guidance=None, clip: str = "dynamic") -> list[np.ndarray]:
-    """Outputs of a `pipeline.Generator` for `examples`, each with its own key (seed, index) as Generator.generate,
-    with the text the model was trained on (`model_batch`)."""
-    import jax
-
-    from . import diffusion
-    from .pipeline import to_uint8
-
-    variant = variant or model_variant(gen)
-    cfg = gen.cfg
-    if not cfg.use_context and guidance is not None and guidance.references:  # no context items to guide by
+             seed: int = 0, batch_size: int = 16, guidance=None, clip: str = "static") -> list[np.ndarray]:
+    """Outputs of a `pipeline.Generator` for `examples` (its own sampling loop: each with its own key (seed, index)),
+    with the text the model was trained on: the instruction, or for the multi-task baseline the caption."""
+    kind, _ = parse_variant(variant or model_variant(gen))
+    if not gen.cfg.use_context and guidance is not None and guidance.references:  # no context items to guide by
         guidance = dataclasses.replace(guidance, references=())
-    out = []
-    root = jax.random.PRNGKey(seed)
-    for s in range(0, len(examples), batch_size):
-        chunk = examples[s:s + batch_size]
-        pad = chunk + [chunk[-1]] * (batch_size - len(chunk)) if len(examples) > batch_size else chunk
-        b = model_batch(pad, gen.tokenizer, cfg, variant)
-        if not cfg.use_context:
-            b = {"text_ids": b["text_ids"]}
-        keys = jax.vmap(lambda k: jax.random.fold_in(root, k))(np.arange(s, s + len(pad), dtype=np.uint32))
-        x = diffusion.sample(gen.model, b, keys, sampler=sampler, steps=steps, guidance=guidance, clip=clip)
-        out += list(to_uint8(x)[:len(chunk)])
-    return out
+    texts = [T.no_instruction_text(e) for e in examples] if kind == "no_instruction" else None
+    return gen.generate([e.instruction for e in examples], sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+                        batch_size=batch_size, progress=False, clip=clip, texts=texts)
 
 
 # ------------------------------------------------------------------------------------------------- context use

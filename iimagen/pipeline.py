@@ -112,13 +112,15 @@ class Generator:
     def generate(self, instructions, sampler: str = SAMPLING["sampler"], steps: int | None = None,
                  guidance: Guidance | str | None = None, seed: int = 0, batch_size: int = 8, num_images: int = 1,
                  return_intermediates: bool = False, intermediates_every: int | None = None, progress: bool = True,
-                 clip: str = SAMPLING["clip"], eta: float = 0.0):
+                 clip: str = SAMPLING["clip"], eta: float = 0.0, texts: list | None = None):
         """Images for `instructions` (one `Instruction` or a list), by default with the kit's setting (`SAMPLING`;
         the paper's: `generate(..., **PAPER_SAMPLING)`).
 
         sampler: "ddpm" (256 steps, the paper's), "ddim" (50) or "dpm" (DPM-Solver++, 20); `steps` overrides.
         guidance: a `Guidance` (`Guidance()` is the paper's oscillating w = 25, `Guidance.cfg(w)`,
         `Guidance.separate(...)`) or the command line's words ("none", "paper", a scale); None: `SAMPLING`'s.
+        texts: one per instruction, the text the model reads instead of the instruction's (None: no text); the
+        evaluation gives the multi-task baseline its captions this way (`tasks.no_instruction_text`).
         Returns a list of uint8 [R, R, 3] (a list of `num_images` lists when num_images > 1); with
         `return_intermediates`, also the x_0 predictions every `intermediates_every` steps (default steps // 8) per
         image, uint8 [n, R, R, 3], in the same nesting.
@@ -147,7 +149,8 @@ class Generator:
             chunk = items[start:start + bs]
             idx = list(range(start, start + len(chunk))) + [start + len(chunk) - 1] * (bs - len(chunk))  # pad
             batch = batch_instructions([instructions[items[k][0]] for k in idx], self.tokenizer, cfg.resolution,
-                                       cfg.K, cfg.text_len, cfg.ctx_text_len)
+                                       cfg.K, cfg.text_len, cfg.ctx_text_len,
+                                       texts=None if texts is None else [texts[items[k][0]] for k in idx])
             keys = jax.vmap(lambda k: jax.random.fold_in(root, k))(np.asarray(idx, np.uint32))
             try:
                 out = diffusion.sample(self.model, batch, keys, sampler=sampler, steps=steps, guidance=guidance,

@@ -355,7 +355,7 @@ def test_generate_drops_reference_scales_for_a_model_without_context():
     from iimagen.tokenizer import load_tokenizer
 
     gen = Generator(random_model(get_config("tiny", use_context=False)), load_tokenizer(), {})
-    ex = T.sample("subject", 2, 0, 32, split="test")
+    ex = T.sample("text_to_image", 2, 0, 32, split="test")  # what a text-to-image baseline is scored on
     plain = E.generate(gen, ex, steps=1, guidance=Guidance.none())
     guided = E.generate(gen, ex, steps=1, guidance=Guidance.none(references={1: 3.0}))
     assert all(np.array_equal(a, b) for a, b in zip(plain, guided))
