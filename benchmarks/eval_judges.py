@@ -3,7 +3,7 @@
   example's target ("ignored instruction", SC should be ~0) and of random noise (O should be 0), with the identity
   judges' rank-1 rates (`subject_rank1`, `style_rank1`; chance 1/8) where the task has a subject or a style;
 - `identity` (judge, split, resolution): rank-1 of the true subject / style among 8 of its region on sample-like
-  renders (`E._sample_like`: new pose, shifted layout), clean and mildly degraded (`mild_blur`, `mild_noise`,
+  renders (`E.sample_like`: new pose, shifted layout), clean and mildly degraded (`mild_blur`, `mild_noise`,
   `mild_shift`), and the anchors another example's target (`other_target`) and random pixels (`random`; chance 0.125),
   with the time per judge call (the keys of `validate_identity_judges`, data/judges/report.json);
 - `realism` (resolution): how often the learned realism judge (PQ) calls held-out renders clean, clean and degraded
@@ -57,10 +57,10 @@ if "identity" in a.only:
                 rng = np.random.default_rng([a.seed, R])
                 ranks, calls, secs = {}, 0, 0.0
                 for j, ex in enumerate(exs):
-                    img = E._sample_like(ex.spec, R, rng)
+                    img = E.sample_like(ex.spec, R, rng)
                     imgs = {"clean": img,
                             **{f"mild_{k}": E.degrade(img, rng, k, "mild") for k in E.VALIDATION_DEGRADATIONS},
-                            "other_target": E._sample_like(exs[(j + 1) % n].spec, R, rng),
+                            "other_target": E.sample_like(exs[(j + 1) % n].spec, R, rng),
                             "random": rng.integers(0, 256, (R, R, 3), dtype=np.uint8)}
                     for k, im in imgs.items():
                         t = time.time()
@@ -77,7 +77,7 @@ if "identity" in a.only:
 
 if "realism" in a.only:
     for R in a.resolutions:
-        imgs = E._judge_data(a.n_realism, a.seed + 1, resolutions=(R,))
+        imgs = E.judge_data(a.n_realism, a.seed + 1, resolutions=(R,))
         t = time.time()
         X = E.judge_features(imgs[R])  # features in one batch, as score_examples does, then one call per image
         [E.judge_realism(x, J) for x in X]

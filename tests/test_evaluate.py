@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from iimagen import evaluate as E
+from iimagen.evaluate import scores as S
 from iimagen import tasks as T
 from iimagen import world as W
 from iimagen.diffusion import Guidance
@@ -68,7 +69,7 @@ def test_identity_judges_qualify_and_rank_the_reference_first(judges):
     sub = T.sample("subject", 8, 2, 32, split="test")
     rng = np.random.default_rng(0)
     assert all(E.judge_subject(e.target, e, e.truth["subjects"][0])["rank"] == 1 for e in sub)
-    assert np.mean([E.judge_subject(E._sample_like(e.spec, 32, rng), e, e.truth["subjects"][0])["rank"] == 1
+    assert np.mean([E.judge_subject(E.sample_like(e.spec, 32, rng), e, e.truth["subjects"][0])["rank"] == 1
                     for e in sub]) >= 0.85
     assert np.mean([E.judge_subject(o.target, e, e.truth["subjects"][0])["rank"] == 1
                     for e, o in zip(sub, sub[1:] + sub[:1])]) <= 0.5
@@ -113,8 +114,8 @@ def test_subject_rank_tells_the_shown_subject_and_noise_is_at_chance(judges):
 
 def test_sc_is_least_satisfied_and_o_formula(judges, monkeypatch):
     ex = T.sample("edge_to_image", 1, 0, 32, split="test")[0]
-    monkeypatch.setattr(E, "judge_objects", lambda img, tr: {"sc": 0.5, "value": 0.5})
-    monkeypatch.setattr(E, "judge_control", lambda *a: {"sc": 1.0, "value": 1.0})
+    monkeypatch.setattr(S, "judge_objects", lambda img, tr: {"sc": 0.5, "value": 0.5})
+    monkeypatch.setattr(S, "judge_control", lambda *a: {"sc": 1.0, "value": 1.0})
     assert E.score_image(ex, ex.target, judges)["sc"] == 0.5
     assert E.overall([1.0, 0.0, 0.5], [1.0, 1.0, 0.0]) == pytest.approx(np.sqrt(0.5 * 2 / 3))
     assert E.averages({"a": {"sc": 1.0, "pq": 0.25}, "b": {"sc": 0.0, "pq": 0.75}}, ["a", "b"])["o"] == \
@@ -172,7 +173,7 @@ def test_cli_eval_writes_table_and_groups_single_task(tmp_path, monkeypatch):
         guided.append(kw["guidance"])
         return [np.full((32, 32, 3), 128, np.uint8) for _ in exs]
 
-    monkeypatch.setattr(E, "generate", fake_generate)
+    monkeypatch.setattr(S, "generate", fake_generate)
     dirs = [str(tmp_path / k) for k in metas]
     rc = E.cli_eval(["--checkpoint", dirs[0], "--baselines", *dirs[1:], "--out", str(tmp_path / "out"), "--n", "2",
                      "--tasks", "text_to_image", "style_transfer"])
@@ -233,7 +234,7 @@ def test_cli_eval_names_runs_by_their_folder_and_never_merges_two_models(tmp_pat
         raise Stop
 
     monkeypatch.setattr(pipeline.Generator, "load", classmethod(lambda cls, d: Fake(d)))
-    monkeypatch.setattr(E, "evaluate_models", capture)
+    monkeypatch.setattr(S, "evaluate_models", capture)
     assert E.display_name(tmp_path / "curriculum" / "export") == "curriculum"
     assert E.display_name("runs/instruct-imagen-x/export") == E.NAMES["instruct-imagen"]
     assert E.display_name("data/checkpoints/instruct-imagen-two-readers-tiny") == "Instruct-Imagen (two readers)"
@@ -260,14 +261,14 @@ def test_cli_eval_context_use_measures_each_model_on_its_tasks(tmp_path, monkeyp
     metas = {"instruct-imagen-tiny": "instruct", "multitask-tiny": "no_instruction",
              "single-edge": "single_task=edge_to_image", "edge-run-2": "single_task=edge_to_image"}
     monkeypatch.setattr(pipeline.Generator, "load", classmethod(lambda cls, d: Fake(metas[d.split("/")[-1]])))
-    monkeypatch.setattr(E, "generate", lambda gen, exs, **kw: [np.full((32, 32, 3), 128, np.uint8) for _ in exs])
+    monkeypatch.setattr(S, "generate", lambda gen, exs, **kw: [np.full((32, 32, 3), 128, np.uint8) for _ in exs])
     calls = []
 
     def fake_use(model, tok, tasks, n, seed, variant=None):
         calls.append((model, tuple(tasks), n, variant))
         return {t: {"true": 0.5, "shuffled": 1.0, "none": 1.0, "gain": 0.5} for t in tasks}
 
-    monkeypatch.setattr(E, "context_use", fake_use)
+    monkeypatch.setattr(S, "context_use", fake_use)
     dirs = [str(tmp_path / k) for k in metas]
     tasks = ["text_to_image", "edge_to_image", "style_transfer"]
     assert E.cli_eval(["--checkpoint", dirs[0], "--baselines", *dirs[1:], "--out", str(tmp_path / "out"), "--n", "2",
