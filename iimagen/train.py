@@ -356,16 +356,21 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
         opt = optax.adamw(sched, b1=0.9, b2=0.999, weight_decay=0.0)
     parts = [optax.clip_by_global_norm(tc.clip), opt]
     if tc.ctx_lr_scale != 1.0:
-        # The context branch (every weight named ctx_*: the context cross-attentions, slot and position codes) starts
-        # at identity and, in a short run, barely leaves it; its updates can be scaled apart from the backbone's.
+        # The context reader starts at identity and, in a short run, barely leaves it; its updates can be scaled apart
+        # from the backbone's. With two readers only the position-free one is scaled: scaling the whole branch (the
+        # aligned reader and the position codes too) erased the alignment the aligned reader is born with
+        # (docs/experiments/2026-12-07-ctx-lr-scale-and-alignment.md).
         parts.append(optax.masked(optax.scale(tc.ctx_lr_scale), context_branch_mask))
     return optax.chain(*parts)
 
 
 def context_branch_mask(params):
-    """True for the context branch's weights (any path through a `ctx_*` attribute), False for the backbone's."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: any(str(getattr(k, "key", "")).startswith("ctx_") for k in path), params)
+    """The weights `--ctx-lr-scale` scales: the position-free context reader's (paths through `ctx_content`) when the
+    model has one, else the whole context branch's (any path through a `ctx_*` attribute)."""
+    keys = lambda path: [str(getattr(k, "key", "")) for k in path]  # noqa: E731
+    paths = [keys(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    prefix = "ctx_content" if any("ctx_content" in p for p in paths) else "ctx_"
+    return jax.tree_util.tree_map_with_path(lambda path, _: any(k.startswith(prefix) for k in keys(path)), params)
 
 
 # ----------------------------------------------------------------------------------------------------------------

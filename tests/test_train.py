@@ -56,17 +56,23 @@ def test_mixture_option_changes_table_1_weights():
     assert ids == {task_id("subject"), task_id("depth_to_image")}
 
 
-def test_ctx_lr_scale_scales_the_context_branch_updates_only():
+def test_ctx_lr_scale_scales_the_content_reader_updates_only():
     from flax import nnx
 
     from iimagen.configs import get_config
     from iimagen.model import InstructImagen
     from iimagen.train import context_branch_mask, make_optimizer
 
+    one = nnx.split(InstructImagen(get_config("tiny", ctx_content_attn=False, **parse_overrides(MICRO)), nnx.Rngs(0)),
+                    nnx.Param)[1]  # a model with the aligned reader alone: the whole context branch
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(one)[0]]
+    mask = jax.tree.leaves(context_branch_mask(one))
+    assert {n for n, m in zip(names, mask) if m} == {n for n in names if "ctx_" in n} and 0 < sum(mask) < len(mask)
+    # both readers: only the position-free one (the aligned reader and the position codes keep the backbone's rate)
     params = nnx.split(InstructImagen(get_config("tiny", **parse_overrides(MICRO)), nnx.Rngs(0)), nnx.Param)[1]
     mask = jax.tree.leaves(context_branch_mask(params))
     names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    assert {n for n, m in zip(names, mask) if m} == {n for n in names if "ctx_" in n} and 0 < sum(mask) < len(mask)
+    assert {n for n, m in zip(names, mask) if m} == {n for n in names if "ctx_content" in n} and 0 < sum(mask)
     grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(x.size), x.shape) * 1e-3, params)
 
     def second_update(**kw):
