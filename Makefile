@@ -35,10 +35,10 @@ test:
 	$(MAKE) -j2 --output-sync=target unit unit-colab notebooks browser
 
 unit: $(VENV)/.installed
-	IIMAGEN_PROFILE=ci XLA_FLAGS="$(TEST_XLA_FLAGS)" $(VENV)/bin/python -m pytest tests --ignore=tests/test_browser.py
+	IIMAGEN_PROFILE=ci XLA_FLAGS="$(TEST_XLA_FLAGS)" $(VENV)/bin/python -m pytest tests --ignore=tests/test_browser.py --durations=10
 
 unit-colab: $(COLAB_VENV)/.installed
-	IIMAGEN_PROFILE=ci XLA_FLAGS="$(TEST_XLA_FLAGS)" $(COLAB_VENV)/bin/python -m pytest tests --ignore=tests/test_browser.py
+	IIMAGEN_PROFILE=ci XLA_FLAGS="$(TEST_XLA_FLAGS)" $(COLAB_VENV)/bin/python -m pytest tests --ignore=tests/test_browser.py --durations=10
 
 # Notebooks 07 and 08 used in JupyterLab through Debian's Chromium (tests/test_browser.py): installs chromium with
 # apt-get when root; without it (and not root) one SKIPPED line; under CI=true it must run. Failures: out/browser/.
