@@ -47,15 +47,20 @@ from PIL import Image, UnidentifiedImageError
 
 from . import paths
 from .instruction import KINDS, Context, Instruction, InstructionError, marker, to_rgb_uint8
-from .pipeline import SAMPLING
+from .pipeline import PAPER_SAMPLING, SAMPLING, parse_guidance
 
 FREE_TEXT = "(free text)"
 # The Composer's default sampling setting: the one place to change it. PAPER_SETTINGS is the paper's recipe
 # (App. A.2.2), one click away in the app ("paper's recipe").
-DEFAULT_SETTINGS = {"sampler": SAMPLING["sampler"], "steps": SAMPLING["steps"], "scale": 1.0, "context_scale": None,
-                    "oscillate": False, "clip": SAMPLING["clip"], "references": ""}  # = pipeline.SAMPLING
-PAPER_SETTINGS = {"sampler": "ddpm", "steps": 256, "scale": 25.0, "context_scale": None, "oscillate": True,
-                  "clip": "dynamic", "references": ""}
+def _settings(sampling: dict) -> dict:
+    """The Composer's settings for one of pipeline's sampling settings (its guidance words made a scale)."""
+    g = parse_guidance(sampling["guidance"])
+    return {"sampler": sampling["sampler"], "steps": sampling["steps"], "scale": g.scale, "context_scale": None,
+            "oscillate": g.oscillate, "clip": sampling["clip"], "references": ""}
+
+
+DEFAULT_SETTINGS = _settings(SAMPLING)
+PAPER_SETTINGS = _settings(PAPER_SAMPLING)
 PREVIEW_INVALID = "(the drawing returns when the instruction is valid)"
 HISTORY_SHOWN = 10  # runs listed under History (older ones stay in `Composer.history`)
 EMPTY_TEXT = ("text: the instruction text is empty; write it (point at context k with [ref#k]) or choose a template "

@@ -123,23 +123,23 @@ def score_examples(examples: list, images: list, judges: dict | None = None) -> 
 
 
 # --------------------------------------------------------------------------------------------- generation
+def variant_texts(examples: list, variant: str | None) -> list | None:
+    """The texts a model trained with `variant` reads in place of the instructions': None (the instructions') for
+    Instruct-Imagen and the single-task models, `tasks.no_instruction_text` (None: all pad) for the multi-task one."""
+    try:
+        kind, _ = parse_variant(variant)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    return [T.no_instruction_text(e) for e in examples] if kind == "no_instruction" else None
+
+
 def model_batch(examples: list, tokenizer, cfg, variant: str | None = None) -> dict:
     """The instruction batch (docs/contracts.md) of `examples` for a model trained with `variant` (None/'instruct':
     the instruction text; 'no_instruction': `tasks.no_instruction_text`, all pad when None)."""
     from ..instruction import batch_instructions
 
-    try:
-        kind, _ = parse_variant(variant)
-    except ValueError as e:
-        raise EvalError(str(e)) from None
-    b = batch_instructions([e.instruction for e in examples], tokenizer, cfg.resolution, cfg.K, cfg.text_len,
-                           cfg.ctx_text_len)
-    if kind == "no_instruction":
-        texts = [T.no_instruction_text(e) for e in examples]
-        ids = tokenizer.encode([t or "" for t in texts], cfg.text_len)
-        ids[[t is None for t in texts]] = 0
-        b["text_ids"] = np.asarray(ids, np.int32)
-    return b
+    return batch_instructions([e.instruction for e in examples], tokenizer, cfg.resolution, cfg.K, cfg.text_len,
+                              cfg.ctx_text_len, texts=variant_texts(examples, variant))
 
 
 def model_variant(gen) -> str:
@@ -151,10 +151,9 @@ def generate(gen, examples: list, variant: str | None = None, sampler: str = "dd
              seed: int = 0, batch_size: int = 16, guidance=None, clip: str = "static") -> list[np.ndarray]:
     """Outputs of a `pipeline.Generator` for `examples` (its own sampling loop: each with its own key (seed, index)),
     with the text the model was trained on: the instruction, or for the multi-task baseline the caption."""
-    kind, _ = parse_variant(variant or model_variant(gen))
+    texts = variant_texts(examples, variant or model_variant(gen))
     if not gen.cfg.use_context and guidance is not None and guidance.references:  # no context items to guide by
         guidance = dataclasses.replace(guidance, references=())
-    texts = [T.no_instruction_text(e) for e in examples] if kind == "no_instruction" else None
     return gen.generate([e.instruction for e in examples], sampler=sampler, steps=steps, guidance=guidance, seed=seed,
                         batch_size=batch_size, progress=False, clip=clip, texts=texts)
 
