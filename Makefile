@@ -11,7 +11,7 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
 # Tests and CI notebooks are dominated by XLA's compile time on a 2-core CPU: compile cheaply there.
 TEST_XLA_FLAGS := --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
 
-.PHONY: demo test unit unit-colab notebooks browser bench clean
+.PHONY: demo test unit unit-colab notebooks notebooks-a notebooks-b browser bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,11 @@ $(COLAB_VENV)/.installed: pyproject.toml | $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/iimagen demo
 
-# The four suites run two at a time (each is mostly one core's XLA compiles); each suite's output is printed whole
-# when it ends. The browser suite (~1.5 min) comes last: it fills the gap the longest suite leaves.
+# The suites run two at a time (each is mostly one core's XLA compiles); each suite's output is printed whole when it
+# ends. The two unit suites (~10 min each) start first; the notebooks, in two halves of ~2.5 min, fill both slots
+# after them, and the browser suite (~1 min) comes last.
 test:
-	$(MAKE) -j2 --output-sync=target unit unit-colab notebooks browser
+	$(MAKE) -j2 --output-sync=target unit unit-colab notebooks-a notebooks-b browser
 
 unit: $(VENV)/.installed
 	IIMAGEN_PROFILE=ci XLA_FLAGS="$(TEST_XLA_FLAGS)" $(VENV)/bin/python -m pytest tests --ignore=tests/test_browser.py --durations=10
@@ -46,8 +47,13 @@ browser: $(VENV)/.installed
 	IIMAGEN_PROFILE=ci XLA_FLAGS="$(TEST_XLA_FLAGS)" $(VENV)/bin/python -m pytest -rs -p no:cacheprovider \
 		tests/test_browser.py
 
-notebooks: $(VENV)/.installed
-	IIMAGEN_PROFILE=ci XLA_FLAGS="$(TEST_XLA_FLAGS)" $(VENV)/bin/python -m pytest --nbval-lax -p no:cacheprovider notebooks
+# Two halves of about equal time; 05 and 06 stay in one (06 continues from the stage-1 run that 05 trains).
+NOTEBOOKS_A := $(sort $(wildcard notebooks/0[0-47]_*.ipynb))
+NOTEBOOKS_B := $(filter-out $(NOTEBOOKS_A),$(sort $(wildcard notebooks/*.ipynb)))
+notebooks: notebooks-a notebooks-b
+notebooks-a notebooks-b: $(VENV)/.installed
+	IIMAGEN_PROFILE=ci XLA_FLAGS="$(TEST_XLA_FLAGS)" $(VENV)/bin/python -m pytest --nbval-lax -p no:cacheprovider \
+		$(if $(filter notebooks-a,$@),$(NOTEBOOKS_A),$(NOTEBOOKS_B))
 
 bench: $(VENV)/.installed
 	for b in benchmarks/*.py; do $(VENV)/bin/python $$b || exit 1; done
