@@ -192,7 +192,7 @@ def draw_spec(task: str, rng: np.random.Generator, split: str = "train", trainin
     if task == "text_to_image":
         scene = _plain_scene(rng)
         if source == "artwork" or (source is None and rng.random() < 0.25):
-            style = str(rng.choice(styles))
+            style = W.pick(rng, styles)
             meta["artwork"] = True
         cap = W.caption(scene, rng, style=style)
         text = T.render(task, rng, caption=cap)
@@ -224,7 +224,7 @@ def draw_spec(task: str, rng: np.random.Generator, split: str = "train", trainin
                     Ref("style", _plain_scene(rng), style, "style image"))
             text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {said[0]}", "[ref#2] style image"])
         else:
-            kind = str(rng.choice(list(REF_TEXT)))
+            kind = W.pick(rng, list(REF_TEXT))
             refs = (Ref("subject", _subject_scenes(rng, idents[0], 1)[0], None, said[0]),
                     Ref(kind, scene, None, REF_TEXT[kind]))
             text = T.render(task, rng, caption=cap, refs=[f"[ref#1] {said[0]}", f"[ref#2] {REF_TEXT[kind]}"],
@@ -239,7 +239,7 @@ def draw_spec(task: str, rng: np.random.Generator, split: str = "train", trainin
         refs = (Ref("style", _plain_scene(rng), style, word), Ref("content", scene, None, "content image"))
         text = T.render(task, rng, refs=[f"[ref#1] {word}", "[ref#2] content image"])
     else:  # control_style
-        kind = str(rng.choice(list(REF_TEXT)))
+        kind = W.pick(rng, list(REF_TEXT))
         scene, style = _plain_scene(rng), W.draw_style(rng, split)
         refs = (Ref(kind, scene, None, REF_TEXT[kind]), Ref("style", _plain_scene(rng), style, "style image"))
         cap = W.caption(scene, rng)
@@ -348,7 +348,7 @@ def draw_mixture_spec(rng: np.random.Generator, mixture: dict | None = None, ano
     """One training spec of the stage-2 mixture (what `data.Loader` trains on): a source by its weight, then its
     task's spec (`anonymous` as in `draw_spec`)."""
     m = check_mixture(mixture)
-    src = list(m)[int(rng.choice(len(m), p=list(m.values())))]
+    src = W.pick(rng, list(m), p=list(m.values()))
     return draw_spec(SOURCE_TASK.get(src, src), rng, training=True, source="artwork" if src == "artwork" else "natural",
                      anonymous=anonymous)
 
@@ -376,7 +376,7 @@ class RetrievalPool:
                 ident = W.draw_subject(rng, "train")
                 group = [(sc, None) for sc in _subject_scenes(rng, ident, int(rng.integers(3, 7)))]
             else:
-                group = [(W.random_scene(rng), (str(rng.choice(W.TRAIN_STYLES)) if u < 0.7 else None))]
+                group = [(W.random_scene(rng), (W.pick(rng, W.TRAIN_STYLES) if u < 0.7 else None))]
             for sc, st in group[:size - len(self.items)]:
                 template = W.caption(sc, rng, style=st, names={s: SUBJECT_SLOT for s in sc.subjects})
                 self._templates.append(template)

@@ -57,7 +57,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from iimagen import checkpoint as ckpt_lib
 from iimagen import diffusion
-from iimagen.configs import CONFIGS, DTYPES, ModelConfig, get_config
+from iimagen.configs import CONFIGS, DTYPES, ConfigError, ModelConfig, get_config
 from iimagen.model import GROWABLE, InstructImagen, grow
 from iimagen.tasks import STAGE2_MIXTURE, check_mixture
 
@@ -500,6 +500,16 @@ def read_meta(mngr, step: int) -> dict:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
+def same_config(stored: dict | None, cfg: ModelConfig) -> bool:
+    """Whether a checkpoint's stored model config (its JSON) is `cfg`. A retired switch stored off (a run begun before
+    it was retired) still matches."""
+    try:
+        stored = _jsonable(dataclasses.asdict(ModelConfig.from_dict(dict(stored or {}))))
+    except (ConfigError, TypeError):  # an unknown field, or a retired switch stored on: another config
+        return False
+    return stored == _jsonable(dataclasses.asdict(cfg))
+
+
 def restore_state(mngr, template, tc: TrainConfig, cfg: ModelConfig):
     """The latest checkpoint in the workdir, laid into `template`'s structure (and shardings)."""
     import orbax.checkpoint as ocp
@@ -510,7 +520,7 @@ def restore_state(mngr, template, tc: TrainConfig, cfg: ModelConfig):
     except Exception as e:  # noqa: BLE001
         raise damaged(mngr, step, e) from None
     leaves, names = _leaves(template)
-    if meta.get("model") != _jsonable(dataclasses.asdict(cfg)) or names != meta.get("leaf_names"):
+    if not same_config(meta.get("model"), cfg) or names != meta.get("leaf_names"):
         raise TrainError(
             f"the checkpoint in {tc.workdir} was written by another config ({meta.get('model', {}).get('name')!r}, "
             f"stage {meta.get('train', {}).get('stage')}); use the same --config/--stage/--variant, or a new --workdir")

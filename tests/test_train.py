@@ -174,6 +174,25 @@ def test_wrong_config_checkpoint_is_a_clear_error(chain):
                           batch_size=8), progress=False)
 
 
+def test_a_run_begun_before_a_switch_retired_still_resumes():
+    """A checkpoint's stored model config matches the run's even when it stored a retired switch off (runs begun
+    before the retirement resume); stored on, or with any other field changed, it is another config."""
+    import dataclasses
+
+    from iimagen.configs import RETIRED, get_config
+    from iimagen.train import same_config
+
+    cfg = get_config("tiny")
+    stored = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    assert same_config(stored, cfg)
+    for k, off in RETIRED.items():
+        assert same_config({**stored, k: off}, cfg)
+        assert not same_config({**stored, k: not off}, cfg)
+    assert not same_config({**stored, "channels": cfg.channels * 2}, cfg)
+    assert not same_config({**stored, "no_such_field": 1}, cfg)
+    assert not same_config(None, cfg)
+
+
 def test_a_workdir_resumed_past_its_export_loads_its_latest_checkpoint(chain, tmp_path):
     """A finished run resumed with a larger --steps still holds its old export until it ends (or if it is killed):
     load_any gives the newer checkpoint's EMA, not the stale export."""

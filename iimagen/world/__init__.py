@@ -18,7 +18,7 @@ from .controls import CONTROLS, control, depth_map, depth_value, edge_map, mask_
 from .render import RESOLUTIONS, Render, WorldError, background, check_resolution, render, to_uint8
 from .scene import (BACKGROUND_NAMES, BACKGROUNDS, BODY_SHAPES, COLOUR_NAMES, COLOURS, HELD_OUT_REGION, PARTS,
                     PATTERNS, POSITIONS, SHAPES, SIZES, SPLITS, SUBJECT_BY_NAME, SUBJECT_NAMES, SUBJECT_R, SUBJECTS,
-                    Obj, Scene, Subject, check_split, draw_subject, nonce_name, random_object, random_scene, repose,
+                    Obj, Scene, Subject, check_split, draw_subject, nonce_name, pick, random_object, random_scene, repose,
                     subject_name)
 from .styles import (HELD_OUT_STYLE_REGION, HELD_OUT_STYLES, STYLES, TEXTURES, TRAIN_STYLES, Style, draw_style,
                      style_key, stylize)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scene import BACKGROUNDS, COLOUR_NAMES, POSITIONS, SHAPES, SIZES, SUBJECT_NAMES, Obj, Scene, subject_name
+from .scene import (BACKGROUNDS, COLOUR_NAMES, POSITIONS, SHAPES, SIZES, SUBJECT_NAMES, Obj, Scene, pick,
+                    subject_name)
 from .styles import STYLES
 
 PHRASINGS = (
@@ -40,8 +41,8 @@ def caption(scene: Scene, rng: np.random.Generator, style: str | None = None, po
     objs = _join([object_phrase(o, positions, names) for o in reversed(scene.objects)]) or "nothing"
     bg = BACKGROUNDS[scene.background]
     if style:
-        return str(rng.choice(ART_PHRASINGS)).format(style=style, objs=objs, bg=bg)
-    return str(rng.choice(PHRASINGS)).format(objs=objs, bg=bg)
+        return pick(rng, ART_PHRASINGS).format(style=style, objs=objs, bg=bg)
+    return pick(rng, PHRASINGS).format(objs=objs, bg=bg)
 
 
 def caption_corpus() -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .render import Render, WorldError, to_uint8
+from .scene import pick
 
 CONTROLS = ("edge", "depth", "mask", "sketch")
 Z_LEVELS = 4  # depth values are absolute: object at z-index i has depth 0.4 + 0.6 * (min(i, 3) + 1) / 4
@@ -70,7 +71,7 @@ def edge_map(r: Render, rng: np.random.Generator | None = None, source: str | No
     from skimage.feature import canny
 
     rng = rng if rng is not None else np.random.default_rng(0)
-    source = source or str(rng.choice(["image", "depth", "mask"], p=[0.5, 0.25, 0.25]))
+    source = source or pick(rng, ("image", "depth", "mask"), p=(0.5, 0.25, 0.25))
     if source == "image":
         x = r.image @ np.asarray([0.299, 0.587, 0.114], np.float32)
     elif source == "depth":

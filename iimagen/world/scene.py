@@ -110,23 +110,33 @@ def _r(x, n=3):
     return round(float(x), n)
 
 
+def pick(rng: np.random.Generator, seq, p=None):
+    """One item of `seq` (with probabilities `p`): the same draw as `rng.choice(seq, p=p)`, the same item as a Python
+    value, about 7 times faster (numpy's choice converts the list to an array on every call; the world draws tens of
+    thousands of items per second)."""
+    if p is None:
+        return seq[int(rng.integers(len(seq)))]
+    cdf = np.cumsum(p)
+    return seq[int(np.searchsorted(cdf / cdf[-1], rng.random(), side="right"))]
+
+
 def draw_subject(rng: np.random.Generator, split: str = "train") -> Subject:
     """A fresh identity from the family: the training region (`split='train'`, what every training sampler draws)
     or the held-out region (`'test'`, evaluation only)."""
     check_split(split)
     lo, hi = HELD_OUT_REGION["hue"]
-    shape = str(rng.choice(BODY_SHAPES))
+    shape = pick(rng, BODY_SHAPES)
     if split == "test":
-        h1, pattern = min(_r(rng.uniform(lo, hi)), hi - 0.001), str(rng.choice(HELD_OUT_REGION["patterns"]))
+        h1, pattern = min(_r(rng.uniform(lo, hi)), hi - 0.001), pick(rng, HELD_OUT_REGION["patterns"])
     else:
-        h1, pattern = _r(rng.random()) % 1, str(rng.choice(PATTERNS))
+        h1, pattern = _r(rng.random()) % 1, pick(rng, PATTERNS)
         if lo <= h1 < hi and pattern in HELD_OUT_REGION["patterns"]:
-            pattern = str(rng.choice([p for p in PATTERNS if p not in HELD_OUT_REGION["patterns"]]))
+            pattern = pick(rng, [p for p in PATTERNS if p not in HELD_OUT_REGION["patterns"]])
     hsv = ((h1, _r(rng.uniform(0.55, 0.95)), _r(rng.uniform(0.6, 0.95))),
            (_r((h1 + rng.uniform(0.25, 0.75)) % 1) % 1, _r(rng.uniform(0.5, 1.0)), _r(rng.uniform(0.3, 1.0))),
-           (_r(rng.random()), _r(rng.uniform(0.0, 1.0)), _r(rng.choice([0.1, 0.95]))))
+           (_r(rng.random()), _r(rng.uniform(0.0, 1.0)), _r(pick(rng, (0.1, 0.95)))))
     return Subject(shape, hsv, pattern, _r(rng.uniform(2.0, 4.5), 2), _r(rng.uniform(0, np.pi), 2),
-                   str(rng.choice(PARTS)))
+                   pick(rng, PARTS))
 
 
 _ONSETS, _NUCLEI, _CODAS = list("bdfgklmnprstvz") + ["sh", "qu"], list("aeiou") + ["oo", "ai"], \
@@ -136,7 +146,7 @@ _ONSETS, _NUCLEI, _CODAS = list("bdfgklmnprstvz") + ["sh", "qu"], list("aeiou") 
 def _word(rng) -> str:
     """A pronounceable made-up word of one or two syllables (subject names and nonce names)."""
     k = rng.integers(1, 3)
-    return "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) for _ in range(k)) + rng.choice(_CODAS)
+    return "".join(pick(rng, _ONSETS) + pick(rng, _NUCLEI) for _ in range(k)) + pick(rng, _CODAS)
 
 
 def _gallery(n_train: int = 12, n_test: int = 4, seed: int = 11) -> tuple:
@@ -232,10 +242,10 @@ def random_object(rng, others=(), subject: Subject | None = None, size: str | No
         cx, cy = _place(rng, r, others)
         return Obj(subject.shape, None, subject, cx, cy, r, float(rng.uniform(-np.pi / 4, np.pi / 4)),
                    bool(rng.random() < 0.5))
-    size = size or str(rng.choice(list(SIZES), p=[0.3, 0.4, 0.3]))
+    size = size or pick(rng, list(SIZES), p=(0.3, 0.4, 0.3))
     r = float(rng.uniform(*SIZES[size]))
     cx, cy = _place(rng, r, others)
-    return Obj(str(rng.choice(SHAPES)), str(rng.choice(COLOUR_NAMES)), None, cx, cy, r,
+    return Obj(pick(rng, SHAPES), pick(rng, COLOUR_NAMES), None, cx, cy, r,
                float(rng.uniform(-0.3, 0.3)), False)
 
 
@@ -248,13 +258,13 @@ def random_scene(rng, n_objects: int | None = None, subjects=(), background: str
     if subjects:
         n = len(objs) + int(rng.integers(0, 3)) if n_objects is None else n_objects
         for _ in range(max(0, n - len(objs))):
-            objs.append(random_object(rng, objs, size=str(rng.choice(["small", "medium"]))))
+            objs.append(random_object(rng, objs, size=pick(rng, ("small", "medium"))))
     else:
         n = int(rng.integers(1, 4)) if n_objects is None else n_objects
         for _ in range(n):
             objs.append(random_object(rng, objs))
     order = rng.permutation(len(objs))
-    bg = background or str(rng.choice(BACKGROUND_NAMES))
+    bg = background or pick(rng, BACKGROUND_NAMES)
     return Scene(bg, tuple(objs[i] for i in order))
 
 

@@ -20,7 +20,7 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
-from .scene import WorldError, check_split
+from .scene import WorldError, check_split, pick
 
 STYLES = ("posterized", "sepia", "inverted", "monochrome", "outlined", "mosaic", "halftone", "pencil drawing",
           "watercolour", "neon", "pop art", "pastel", "linocut", "pointillism", "blueprint")
@@ -128,14 +128,14 @@ def draw_style(rng: np.random.Generator, split: str = "train") -> Style:
     lo, hi = HELD_OUT_STYLE_REGION["hue"]
     r = lambda x, n=3: round(float(x), n)  # noqa: E731
     if split == "test":  # rounded inside the region's half-open interval
-        hue, texture = min(r(rng.uniform(lo, hi)), hi - 0.001), str(rng.choice(HELD_OUT_STYLE_REGION["textures"]))
+        hue, texture = min(r(rng.uniform(lo, hi)), hi - 0.001), pick(rng, HELD_OUT_STYLE_REGION["textures"])
     else:
-        hue, texture = r(rng.random()) % 1, str(rng.choice(TEXTURES))
+        hue, texture = r(rng.random()) % 1, pick(rng, TEXTURES)
         if lo <= hue < hi and texture in HELD_OUT_STYLE_REGION["textures"]:
-            texture = str(rng.choice([t for t in TEXTURES if t not in HELD_OUT_STYLE_REGION["textures"]]))
-    return Style(hue, r(rng.choice([rng.uniform(0.0, 0.3), rng.uniform(0.8, 1.7)])), r(rng.uniform(0.6, 1.6)),
-                 int(rng.choice([0, 2, 3, 4])), texture, r(rng.uniform(0.1, 0.25)), r(rng.uniform(0, np.pi), 2),
-                 str(rng.choice(["none", "dark", "light"])))
+            texture = pick(rng, [t for t in TEXTURES if t not in HELD_OUT_STYLE_REGION["textures"]])
+    return Style(hue, r(pick(rng, (rng.uniform(0.0, 0.3), rng.uniform(0.8, 1.7)))), r(rng.uniform(0.6, 1.6)),
+                 pick(rng, (0, 2, 3, 4)), texture, r(rng.uniform(0.1, 0.25)), r(rng.uniform(0, np.pi), 2),
+                 pick(rng, ("none", "dark", "light")))
 
 
 @lru_cache(maxsize=256)
