@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +20,7 @@ import numpy as np
 def main(argv=None):
     from iimagen import evaluate as E
     from iimagen import tasks as T
-    from iimagen.train import load_any
+    from iimagen.train import load_any, load_latest_ema
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
@@ -33,12 +30,7 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=8)
     ap.add_argument("--tasks", default="subject", help="comma-separated tasks (in-domain or zero-shot)")
     a = ap.parse_args(argv)
-    path = Path(a.checkpoint)
-    if a.step is not None:  # a workdir holding only checkpoint S, so load_any reads its EMA
-        tmp = Path(tempfile.mkdtemp())
-        shutil.copytree(path / "checkpoints" / str(a.step), tmp / "checkpoints" / str(a.step))
-        path = tmp
-    model, tok, _ = load_any(str(path))
+    model, tok, _ = load_any(a.checkpoint) if a.step is None else load_latest_ema(a.checkpoint, a.step)
     import iimagen.world as W
 
     for task in a.tasks.split(","):

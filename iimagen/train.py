@@ -313,14 +313,18 @@ def load_any(path: str):
     return ckpt_lib.load_model(p)
 
 
-def load_latest_ema(workdir) -> tuple:
-    """(model, tokenizer, meta): the EMA weights of the latest checkpoint in a training workdir."""
+def load_latest_ema(workdir, step: int | None = None) -> tuple:
+    """(model, tokenizer, meta): the EMA weights of the latest checkpoint in a training workdir (of checkpoint `step`,
+    one the run kept, when given: a learning curve reads them one by one)."""
     import orbax.checkpoint as ocp
 
     from iimagen.tokenizer import load_tokenizer
 
     mngr = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints")
-    step = mngr.latest_step()
+    if step is not None and step not in mngr.all_steps():
+        raise TrainError(f"{workdir} holds no checkpoint {step} (kept: {sorted(mngr.all_steps())}); give one of "
+                         f"them, or train with a larger --keep to keep more")
+    step = mngr.latest_step() if step is None else int(step)
     if step is None:
         raise TrainError(f"{workdir} holds no checkpoint yet; wait for --ckpt-every steps, or give an export folder")
     try:

@@ -154,6 +154,41 @@ def test_latest_checkpoint_ema_equals_the_export(chain, tmp_path):
         load_any(tmp_path / "w")
 
 
+def test_a_kept_checkpoint_loads_by_step_and_a_missing_one_is_a_clear_error(chain):
+    from flax import nnx
+
+    from iimagen.train import load_latest_ema
+
+    root, _ = chain
+    early, _, meta = load_latest_ema(root / "s0", step=3)
+    late = load_latest_ema(root / "s0")[0]
+    assert meta["steps"] == 3
+    a, b = jax.tree.leaves(nnx.state(early, nnx.Param)), jax.tree.leaves(nnx.state(late, nnx.Param))
+    assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    with pytest.raises(TrainError, match=r"no checkpoint 5 .*kept: \[3, 6\]"):
+        load_latest_ema(root / "s0", step=5)
+
+
+def test_learning_curves_score_a_run_at_its_checkpoints_and_resume(chain, tmp_path):
+    """scripts/learning_curves.py: one line per checkpoint with O in-domain, the examples of the run and of its
+    stage-1 init; the same command again adds nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning_curves", ROOT / "scripts" / "learning_curves.py")
+    lc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lc)
+    assert lc.log_spaced([100, 200, 400, 800, 1600, 3200], 3) == [100, 800, 3200]
+    assert lc.log_spaced([3, 6], 5) == [3, 6]
+    root, _ = chain
+    out = tmp_path / "curves.jsonl"
+    args = [str(root / "s2"), "--out", str(out), "--n", "1", "--tasks", "edge_to_image"]
+    assert lc.main(args) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["step"], r["examples"], r["examples_before"]) for r in rows] == [(4, 32, 32)]  # stage 1: 4 x 8
+    assert 0 <= rows[0]["in_domain"]["o"] <= 1 and rows[0]["zero_shot"] is None
+    assert lc.main(args) == 0 and len(out.read_text().splitlines()) == 1
+
+
 def test_later_stages_only_add_parts_at_identity(chain, tmp_path):
     from iimagen.train import build_model, load_any
 
