@@ -5,8 +5,8 @@ compute leads.
     python scripts/learning_curves.py RUN [RUN ...] --out docs/eval/curves.jsonl [--points 5] [--n 16]
         [--tasks t1,t2,...] [--seed 0]
 
-Each RUN is a training workdir (`iimagen train --workdir`, or one run of `scripts/train_chain.py`). Its kept
-checkpoints are evaluated at `--points` steps spaced evenly on a log scale (the latest always among them), each from
+Each RUN is a training workdir (`iimagen train --workdir`, or one run of `scripts/train_chain.py`), or an exported
+model (one point: a shipped model beside the curves). A workdir's kept checkpoints are evaluated at `--points` steps spaced evenly on a log scale (the latest always among them), each from
 its EMA weights, with the kit's sampling setting (`pipeline.SAMPLING`) on `--n` held-out examples per task and the
 kit's judges (`iimagen.evaluate.evaluate_models`). One JSON line per (run, step) is appended to `--out`:
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iimagen.checkpoint import export_of, read_config
+from iimagen.checkpoint import export_of, load_model, read_config
 from iimagen.evaluate import IN_DOMAIN, ZERO_SHOT, averages, display_name, evaluate_models
 from iimagen.pipeline import SAMPLING, Generator
 from iimagen.train import load_latest_ema
@@ -79,14 +79,15 @@ def main(argv=None) -> int:
             r = json.loads(line)
             done.add((r["run"], r["step"], r["n"]))
     for run in map(Path, a.runs):
-        steps = kept_steps(run)
+        export = (run / "config.json").is_file()  # an exported model: one point, at its final step
+        steps = [int(read_config(run)[1].get("steps", 0))] if export else kept_steps(run)
         if not steps:
             raise SystemExit(f"{run}: no checkpoints (a training workdir keeps them in checkpoints/; train with "
-                             f"--keep large enough to keep a curve's points)")
+                             f"--keep large enough to keep a curve's points), and not an exported model")
         for step in log_spaced(steps, a.points):
             if (str(run), step, a.n) in done:
                 continue
-            model, tok, meta = load_latest_ema(run, step=step)
+            model, tok, meta = load_model(run) if export else load_latest_ema(run, step=step)
             name = display_name(run)
             res = evaluate_models({name: Generator(model, tok, meta)}, tasks, a.n, a.seed, anchors=False,
                                   sampler=SAMPLING["sampler"], steps=SAMPLING["steps"], guidance=SAMPLING["guidance"],

@@ -25,7 +25,7 @@ also >= 85 % under blur, noise and colour shift), otherwise its condition is rep
 from .judges import (  # noqa: F401
     IN_DOMAIN, ZERO_SHOT, CONTEXT_USE_MIN_N, QUALIFY, EvalError, THRESHOLDS, grade, unit_float, resize_u8,
     foreground, edge_f1, iou, spearman, shape_scores, colour_coverage, judge_object, SHAPE_TOL, BLANK_STD,
-    judge_objects, judge_control, judge_layout, judge_features, DEGRADATIONS, degrade, JUDGE_DIR,
+    judge_objects, judge_control, judge_layout, judge_features, DEGRADATIONS, degrade,
     train_judges, validate_judges, load_judges, IDENTITY_CANDIDATES, style_descriptor, judge_subject,
     judge_style, sample_like, judge_data, VALIDATION_DEGRADATIONS, validate_identity_judges, judge_realism)
 from .scores import (  # noqa: F401

@@ -403,13 +403,11 @@ def judge_data(n: int, seed: int, resolutions=(32, 64), p_style: float = 0.65):
     return {R: np.stack(v) for R, v in out.items()}
 
 
-JUDGE_DIR = None  # default: paths.DATA / "judges"
-
-
 def _judge_dir() -> Path:
+    """data/judges/: the judges' cache and report (give `folder` to train_judges / load_judges for another)."""
     from .. import paths
 
-    return Path(JUDGE_DIR or paths.DATA / "judges")
+    return Path(paths.DATA / "judges")
 
 
 def train_judges(folder=None, n_train: int = 3000, n_test: int = 200, seed: int = 0, n_identity: int = 100,

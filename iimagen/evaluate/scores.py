@@ -166,6 +166,15 @@ def _target_batch(examples: list, tokenizer, cfg, variant: str | None = None) ->
     return b
 
 
+def _context_model(model, who: str):
+    """(cfg, graphdef, state) of a model with a context branch; a text-to-image model is a clear error."""
+    from flax import nnx
+
+    if not model.cfg.use_context:
+        raise EvalError(f"{who}: this is a text-to-image model (cfg.use_context=False); it has no context")
+    return (model.cfg, *nnx.split(model))
+
+
 def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t_range=(0.5, 1.0),
                 variant: str | None = None, batch_size: int = 32, split: str = "test", anonymous: bool = False,
                 examples: dict | None = None) -> dict:
@@ -184,10 +193,7 @@ def context_use(model, tokenizer, tasks=IN_DOMAIN, n: int = 64, seed: int = 0, t
 
     from ..diffusion import diffusion_loss
 
-    cfg = model.cfg
-    if not cfg.use_context:
-        raise EvalError("context_use: this is a text-to-image model (cfg.use_context=False); it has no context")
-    graphdef, state = nnx.split(model)
+    cfg, graphdef, state = _context_model(model, "context_use")
 
     @jax.jit
     def losses(state, b, key):
@@ -239,10 +245,7 @@ def context_alignment(model, tokenizer, tasks=("depth_to_image", "subject"), n: 
 
     from ..diffusion import q_sample
 
-    cfg = model.cfg
-    if not cfg.use_context:
-        raise EvalError("context_alignment: this is a text-to-image model (cfg.use_context=False); it has no context")
-    graphdef, state = nnx.split(model)
+    cfg, graphdef, state = _context_model(model, "context_alignment")
 
     @jax.jit
     def attention(state, b, noise):
