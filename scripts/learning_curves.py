@@ -2,7 +2,7 @@
 zero-shot, along training runs. Where the targets are not reached, these are the honest projection of where more
 compute leads.
 
-    python scripts/learning_curves.py RUN [RUN ...] --out docs/eval/curves.jsonl [--points 5] [--n 16]
+    python scripts/learning_curves.py RUN [RUN ...] --out docs/eval/curves.jsonl [--points 5 | --at S1,S2] [--n 16]
         [--tasks t1,t2,...] [--seed 0]
 
 Each RUN is a training workdir (`iimagen train --workdir`, or one run of `scripts/train_chain.py`), or an exported
@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", help="training workdirs")
     ap.add_argument("--out", required=True, help="JSON lines, appended (a line already there is skipped)")
     ap.add_argument("--points", type=int, default=5, help="checkpoints per run, log-spaced (the latest included)")
+    ap.add_argument("--at", default=None, help="these steps instead (comma-separated; each must be a kept checkpoint): "
+                                               "runs compared at equal examples")
     ap.add_argument("--n", type=int, default=16, help="held-out examples per task")
     ap.add_argument("--tasks", default=",".join(IN_DOMAIN + ZERO_SHOT))
     ap.add_argument("--seed", type=int, default=0)
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
         if not steps:
             raise SystemExit(f"{run}: no checkpoints (a training workdir keeps them in checkpoints/; train with "
                              f"--keep large enough to keep a curve's points), and not an exported model")
-        for step in log_spaced(steps, a.points):
+        for step in ([int(x) for x in a.at.split(",")] if a.at and not export else log_spaced(steps, a.points)):
             if (str(run), step, a.n) in done:
                 continue
             model, tok, meta = load_model(run) if export else load_latest_ema(run, step=step)
