@@ -8,7 +8,11 @@
   texts dropped (all pad) for classifier-free guidance.
 - stage 1: retrieval-augmented training (App. A.3.1) from a `tasks.RetrievalPool`: target + 3 neighbours with raw
   captions (subjects by nonce names unless `anonymous=False`); 10 % drop text + context, 10 % drop context.
-- stage 2: the instruction-tuning mixture (`tasks.STAGE2_MIXTURE`, or `mixture=`).
+- stage 2: the instruction-tuning mixture (`tasks.STAGE2_MIXTURE`, or `mixture=`). The paper does not say which
+  conditions stage 2 drops (none here by default). `ref_drop=p` (the kit's addition): with probability p one of an
+  example's references, chosen uniformly, is masked out (its slot empty, the text unchanged), which is exactly what
+  the per-reference guidance branch asks at sampling (`diffusion.Guidance.references`); the draw comes from
+  `default_rng([seed, s, j, 1])`, so the rest of the batch is the same bytes as without it.
 
 `variant` builds the baselines of paper Table 3: `"no_instruction"` (the multi-task model trained on raw inputs: the
 text is only the target caption, or empty for style transfer; the contexts keep their images and short texts) and
@@ -73,7 +77,8 @@ class Loader:
                  variant: str | None = None, mixture: dict | None = None, tokenizer=None, pool_size: int = 2048,
                  prefetch: int = 4, steps: int | None = None, text_len: int = TEXT_LEN,
                  ctx_text_len: int = CTX_TEXT_LEN, process_index: int | None = None,
-                 process_count: int | None = None, pool=None, workers: int | None = None, anonymous: bool = True):
+                 process_count: int | None = None, pool=None, workers: int | None = None, anonymous: bool = True,
+                 ref_drop: float = 0.0):
         if stage not in STAGES:
             raise DataError(f"stage={stage!r} is unknown; use 0 (text-to-image), 1 (retrieval) or 2 (mixture)")
         self.R = check_resolution(resolution)
@@ -97,6 +102,11 @@ class Loader:
         if stage != 2 and self.variant:
             raise DataError(f"variant={variant!r} applies to stage 2 only (the baselines of paper Table 3)")
         self.mixture = T.check_mixture({self.single: 1.0} if self.single else mixture) if stage == 2 else None
+        if isinstance(ref_drop, bool) or not isinstance(ref_drop, (int, float)) or not 0 <= ref_drop <= 1:
+            raise DataError(f"ref_drop={ref_drop!r} must be a probability in [0, 1]")
+        if ref_drop and stage != 2:
+            raise DataError(f"ref_drop={ref_drop} applies to stage 2 only (stage 1 has the paper's own dropout)")
+        self.ref_drop = float(ref_drop)
         self.text_len, self.ctx_text_len = text_len, ctx_text_len
         self.local = self.batch_size // process_count
         self.offset = process_index * self.local
@@ -175,6 +185,13 @@ class Loader:
                                    encode=self.encode, check=False)
         except InstructionError as e:
             raise DataError(f"step {step}: {e}") from None
+        if self.ref_drop:  # one reference masked out, as the per-reference guidance branch does
+            for i, j in enumerate(examples):
+                rng = np.random.default_rng([self.seed, int(step), int(j), 1])
+                live = np.flatnonzero(b["ctx_mask"][i])
+                if rng.random() < self.ref_drop and len(live):
+                    k = live[rng.integers(len(live))]
+                    b["ctx_mask"][i, k], b["ctx_image"][i, k] = False, 0
         return {**b, "image": np.stack([e.target for e in exs]),
                 "task_id": np.asarray([e.task_id for e in exs], np.int32)}
 

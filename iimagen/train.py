@@ -107,6 +107,7 @@ class TrainConfig:
     sample_every: int = 0              # 0: no sample grids during training
     time_budget: float | None = None   # seconds; stop (and checkpoint) at the earlier of steps / time
     pool_size: int = 4096              # stage 1: images in the retrieval pool that clusters are mined from
+    ref_drop: float = 0.0              # stage 2: P(one reference masked out), what per-reference guidance asks (kit)
     workers: int | None = None         # data worker processes (None: one per core, up to 16; 0: a thread)
     export_dtype: str = "float32"      # weights of workdir/export: float32 | bfloat16 (half the size)
     force: bool = False                # start over in a workdir whose metrics would be lost (records, no checkpoint)
@@ -131,6 +132,9 @@ class TrainConfig:
                              f"rate for every weight, as the paper)")
         if out.stage == 0 and out.variant != "instruct":
             raise TrainError("--variant applies to stage 2; stage 0 is plain text-to-image")
+        if out.ref_drop and out.stage != 2:
+            raise TrainError(f"--ref-drop {out.ref_drop} applies to stage 2 (stage 1 has the paper's own dropout); "
+                             f"drop it for stage {out.stage}")
         if out.mixture:
             if out.stage != 2:
                 raise TrainError(f"--mixture applies to stage 2 (the instruction-tuning mixture); drop it for stage "
@@ -214,6 +218,7 @@ class TrainConfig:
         need(self.time_budget is None or num(self.time_budget, 0) and self.time_budget > 0, "time_budget",
              "give seconds > 0, or leave it out")
         need(num(self.pool_size, 8, integer=True), "pool_size", "give at least 8 pool images (default 4096)")
+        need(num(self.ref_drop, 0, 1), "ref_drop", "give a probability in [0, 1] (default 0: no reference dropped)")
         need(self.workers is None or num(self.workers, 0, integer=True), "workers", "give an integer >= 0")
         need(self.export_dtype in ckpt_lib.PARAMS_DTYPES, "export_dtype",
              f"use one of {', '.join(ckpt_lib.PARAMS_DTYPES)}")
@@ -605,7 +610,7 @@ def _train(tc: TrainConfig, workdir: Path, mesh: Mesh, progress: bool) -> dict:
     loader = Loader(stage=tc.stage, batch_size=tc.batch_size // n_proc, resolution=cfg.resolution, seed=tc.seed,
                     K=cfg.K, start_step=start,
                     variant=None if tc.variant == "instruct" else tc.variant, mixture=mixture_weights(tc.mixture),
-                    pool_size=tc.pool_size,
+                    pool_size=tc.pool_size, ref_drop=tc.ref_drop,
                     workers=tc.workers, anonymous=tc.names == "nonce")
 
     meta["data_fingerprint"] = loader.fingerprint()

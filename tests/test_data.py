@@ -190,3 +190,26 @@ def test_fingerprint_tells_data_apart():
     assert fp(mixture={**T.STAGE2_MIXTURE, "subject": 0.41}) != fp() == fp(mixture=dict(T.STAGE2_MIXTURE))
     pool = dict(stage=1, pool_size=64)
     assert fp(**pool) == fp(**pool) != fp(**pool, anonymous=False)
+
+
+def test_ref_drop_masks_one_reference_and_changes_nothing_else():
+    """Stage 2's per-reference dropout: with p = 1 every example with references loses exactly one (its slot empty,
+    its image zero); every other array is the same bytes as without it; p = 0 is the default; other stages and
+    probabilities are clear errors."""
+    kw = dict(stage=2, batch_size=16, resolution=32, seed=0, **KW)
+    plain, dropped = Loader(**kw)._batch_u8(3), Loader(**kw, ref_drop=1.0)._batch_u8(3)
+    assert _eq(Loader(**kw, ref_drop=0.0)._batch_u8(3), plain)
+    n0, n1 = plain["ctx_mask"].sum(1), dropped["ctx_mask"].sum(1)
+    assert (n0 > 1).any() and list(n1) == [max(n - 1, 0) for n in n0]
+    assert not (dropped["ctx_mask"] & ~plain["ctx_mask"]).any()  # only live slots are dropped
+    gone = plain["ctx_mask"] & ~dropped["ctx_mask"]
+    assert (dropped["ctx_image"][gone] == 0).all()
+    assert np.array_equal(dropped["ctx_image"][~gone], plain["ctx_image"][~gone])
+    assert all(np.array_equal(plain[k], dropped[k]) for k in plain if k not in ("ctx_mask", "ctx_image"))
+    half = Loader(**kw, ref_drop=0.5)
+    assert 0 < (half._batch_u8(3)["ctx_mask"].sum(1) < n0).sum() < (n0 > 0).sum()
+    assert half.fingerprint() != Loader(**kw).fingerprint()
+    with pytest.raises(DataError, match="stage 2 only"):
+        Loader(stage=0, batch_size=4, resolution=32, ref_drop=0.1, **KW)
+    with pytest.raises(DataError, match="probability"):
+        Loader(**kw, ref_drop=1.5)

@@ -66,6 +66,7 @@ def biggest_file(folder):
     ("dtype", "float16", "--dtype"), ("config", "bogus", "--config"), ("override", "channels=abc", "--override"),
     ("override", "channel_mult=1:x", "--override"), ("variant", "single_task=bogus", "--variant"),
     ("ctx_lr_scale", math.inf, "--ctx-lr-scale"), ("sample_every", -1, "--sample-every"),
+    ("ref_drop", 1.5, "--ref-drop"), ("ref_drop", 0.1, "--ref-drop 0.1 applies to stage 2"),
 ])
 def test_every_train_option_is_checked_before_anything_is_built(field, value, flag):
     with pytest.raises(T.TrainError) as e:
