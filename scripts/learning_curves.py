@@ -6,9 +6,10 @@ compute leads.
         [--tasks t1,t2,...] [--seed 0]
 
 Each RUN is a training workdir (`iimagen train --workdir`, or one run of `scripts/train_chain.py`), or an exported
-model (one point: a shipped model beside the curves). A workdir's kept checkpoints are evaluated at `--points` steps spaced evenly on a log scale (the latest always among them), each from
-its EMA weights, with the kit's sampling setting (`pipeline.SAMPLING`) on `--n` held-out examples per task and the
-kit's judges (`iimagen.evaluate.evaluate_models`). One JSON line per (run, step) is appended to `--out`:
+model (one point: a shipped model beside the curves). A workdir's kept checkpoints are evaluated at `--points` steps
+spaced evenly on a log scale (the latest always among them), or at `--at` steps, each from its EMA weights, with
+the kit's sampling setting (`pipeline.SAMPLING`) on `--n` held-out examples per task and the kit's judges
+(`iimagen.evaluate.evaluate_models`). One JSON line per (run, step) is appended to `--out`:
 
     {"run", "model", "step", "batch", "examples", "examples_before", "n", "in_domain": {"sc", "pq", "o"},
      "zero_shot": {...}, "tasks": {task: {"sc", "pq", "o"}}}
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iimagen.checkpoint import export_of, load_model, read_config
+from iimagen.checkpoint import export_of, is_export, load_model, read_config
 from iimagen.evaluate import IN_DOMAIN, ZERO_SHOT, averages, display_name, evaluate_models
 from iimagen.pipeline import SAMPLING, Generator
 from iimagen.train import load_latest_ema
@@ -61,7 +62,7 @@ def examples_before(init: str | None) -> int | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="training workdirs")
+    ap.add_argument("runs", nargs="+", help="training workdirs, or exported models (one point each)")
     ap.add_argument("--out", required=True, help="JSON lines, appended (a line already there is skipped)")
     ap.add_argument("--points", type=int, default=5, help="checkpoints per run, log-spaced (the latest included)")
     ap.add_argument("--at", default=None, help="these steps instead (comma-separated; each must be a kept checkpoint): "
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
             r = json.loads(line)
             done.add((r["run"], r["step"], r["n"]))
     for run in map(Path, a.runs):
-        export = (run / "config.json").is_file()  # an exported model: one point, at its final step
+        export = is_export(run)  # an exported model: one point, at its final step
         steps = [int(read_config(run)[1].get("steps", 0))] if export else kept_steps(run)
         if not steps:
             raise SystemExit(f"{run}: no checkpoints (a training workdir keeps them in checkpoints/; train with "
