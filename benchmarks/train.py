@@ -3,7 +3,8 @@
     python benchmarks/train.py                       # tiny on CPU (float32)
     python benchmarks/train.py --config small --batch 64 --dtype bfloat16    # on an accelerator
 
-The kit's step is exactly `iimagen.train`'s: the full Instruct-Imagen forward (text encoder, context encoder over K
+The kit's step is exactly `iimagen.train`'s (all K context slots used; a second case runs it on a real stage-2
+batch's slots, of which the step encodes only the used ones): the full Instruct-Imagen forward (text encoder, context encoder over K
 slots, UNet with text and context cross-attention), the v-prediction loss, Adafactor, EMA. The peer is diffusers'
 `FlaxUNet2DConditionModel` (0.39.x) at about the kit model's forward FLOPs (found by benchmarks/sampling.py's
 search), trained with the same loss and optimizer (plain text conditioning: it has no context branch). FLOPs are XLA's own count of the compiled step; utilisation is
@@ -39,7 +40,18 @@ def fake_batch(cfg, batch, rng=0):
             "task_id": np.zeros((batch,), np.int32)}
 
 
-def kit_case(config, batch, dtype):
+def stage2_mask(cfg, batch):
+    """The context-slot mask of the first stage-2 batch the trainer would draw (seed 0): 1.2 of K = 3 slots used on
+    average, which the train step skips (`train.context_capacity`)."""
+    from iimagen.data import Loader
+
+    loader = Loader(stage=2, batch_size=batch, resolution=cfg.resolution, seed=0, K=cfg.K, workers=0)
+    mask = next(iter(loader))[1]["ctx_mask"]
+    loader.close()
+    return mask
+
+
+def kit_case(config, batch, dtype, mixture=False):
     from iimagen import train as T
     from iimagen.configs import get_config
     from iimagen.model import flops_per_image
@@ -54,16 +66,22 @@ def kit_case(config, batch, dtype):
     state = T.init_state(params, tx, mesh, fsdp=False)
     # the loop's program, without donation: every timed call starts from the same state
     step = T.jit_train_step(T.make_train_step(graphdef, tx, tc, len(TASK_NAMES)), state, mesh, donate=False)
-    b = T.shard_batch(mesh, fake_batch(cfg, batch))
+    local, capacity = fake_batch(cfg, batch), None
+    if mixture:
+        local["ctx_mask"] = stage2_mask(cfg, batch)
+        capacity = T.context_capacity(local["ctx_mask"], batch, cfg.K)
+    b = T.shard_batch(mesh, local)
     t = time.perf_counter()
-    step = step.lower(state, b).compile()  # timed as compiled here: calling the jit again would compile it twice
+    step = step.lower(state, b, capacity).compile()  # timed as compiled: calling the jit again would compile it twice
     compile_s = time.perf_counter() - t
-    log(f"kit step compiled ({config}, batch {batch}) in {compile_s:.0f} s")
+    log(f"kit step compiled ({config}, batch {batch}, context capacity {capacity}) in {compile_s:.0f} s")
     flops = xla_flops(step)
     s = timeit(lambda st: step(st, b)[1]["loss"], state)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     fwd = flops_per_image(cfg)  # the forward pass alone: what the peer is matched to
-    return {"model": f"iimagen {config}", "params_M": n_params / 1e6, "fwd_gflops_per_image": fwd / 1e9,
+    name = f"iimagen {config}" + (f", a stage-2 batch's slots ({int(local['ctx_mask'].sum())} of "
+                                  f"{batch * cfg.K} used, {capacity or batch * cfg.K} encoded)" if mixture else "")
+    return {"model": name, "params_M": n_params / 1e6, "fwd_gflops_per_image": fwd / 1e9,
             "step_s": s, "images_per_s": batch / s, "tflops": flops / s / 1e12, "step_gflops": flops / 1e9,
             "compile_s": compile_s, "_cfg": cfg}
 
@@ -117,6 +135,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64 if accel else 8)
     p.add_argument("--dtype", default="bfloat16" if accel else "float32")
     p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--no-mixture", action="store_true",
+                   help="skip the case with a real stage-2 batch's context slots (empty ones skipped)")
     a = p.parse_args(argv)
     peak = matmul_peak()
     log(f"matmul peak {peak['peak_tflops']:.3g} TFLOP/s")
@@ -126,6 +146,11 @@ def main(argv=None):
     cfg, fwd = kit.pop("_cfg"), kit["fwd_gflops_per_image"] * 1e9
     kit["utilisation"] = kit["tflops"] / peak["peak_tflops"]
     emit({**common, **_round(kit)})
+    if not a.no_mixture:  # the same step on the slots a stage-2 batch uses: what training actually runs
+        mix = kit_case(a.config, a.batch, a.dtype, mixture=True)
+        mix.pop("_cfg")
+        mix["utilisation"] = mix["tflops"] / peak["peak_tflops"]
+        emit({**common, **_round(mix)})
     if not a.no_peer:
         peer = peer_case(cfg, a.batch, a.dtype, fwd)
         peer["utilisation"] = peer["tflops"] / peak["peak_tflops"]

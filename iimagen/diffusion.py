@@ -120,7 +120,7 @@ def threshold(x0, mode: str = "dynamic", percentile: float = 99.5):
 # ---------------------------------------------------------------------------------------------------------------------
 # The training loss
 # ---------------------------------------------------------------------------------------------------------------------
-def diffusion_loss(model, batch, rng, t_range=(0.0, 1.0)):
+def diffusion_loss(model, batch, rng, t_range=(0.0, 1.0), ctx_capacity=None):
     """The paper's L2 loss on v (App. A.2.2): t ~ U[0, 1], eps ~ N(0, I), x_t = alpha x_0 + sigma eps,
 
         loss_i = mean_pixels (v_theta(x_t, t, c_i) - (alpha eps - sigma x_0))^2
@@ -128,13 +128,15 @@ def diffusion_loss(model, batch, rng, t_range=(0.0, 1.0)):
     `model(x_t, t, text_ids, ctx_image, ctx_ids, ctx_mask) -> v` (an `InstructImagen` or any callable with that
     signature); `batch` holds `image` and the instruction keys of docs/contracts.md. Returns (mean loss, per-example
     loss [B]). `t_range` narrows t to U[t_range] (evaluate.context_use); the same `rng` gives the same t and noise.
+    `ctx_capacity` (static): how many context slots the batch uses at most (`InstructImagen.encode_context`).
     """
     x0 = jnp.asarray(batch["image"], jnp.float32)
     rt, rn = jax.random.split(rng)
     t = jax.random.uniform(rt, (x0.shape[0],), jnp.float32, minval=t_range[0], maxval=t_range[1])
     noise = jax.random.normal(rn, x0.shape, jnp.float32)
+    packed = {} if ctx_capacity is None else {"ctx_capacity": ctx_capacity}
     v = model(q_sample(x0, t, noise), t, batch["text_ids"], batch.get("ctx_image"), batch.get("ctx_ids"),
-              batch.get("ctx_mask"))
+              batch.get("ctx_mask"), **packed)
     per_example = jnp.mean((v.astype(jnp.float32) - v_target(x0, noise, t)) ** 2, axis=tuple(range(1, x0.ndim)))
     return per_example.mean(), per_example
 

@@ -311,6 +311,30 @@ def test_gradients_reach_shared_encoder_through_context(micro):
     assert total(g["decoder"][0]["up"]["conv"]["kernel"]) == 0       # not on the context path
 
 
+def test_packed_context_slots_equal_the_full_pass(micro):
+    """encode_context(capacity=c) encodes the used slots only (the train step's speed-up), yet the denoiser's output
+    and the gradients of a loss on it equal the full pass's: empty slots are masked out of every context attention.
+    A capacity below the number of used slots loses one, which is why the loop never passes less."""
+    b = make_batch(MICRO, B=3)
+    b["ctx_mask"] = jnp.asarray([[True, False, False], [False, False, False], [True, True, False]])
+    gd, st = nnx.split(micro)
+
+    def loss(s, cap):
+        v = nnx.merge(gd, s)(b["x"], b["t"], b["text_ids"], b["ctx_image"], b["ctx_ids"], b["ctx_mask"],
+                             ctx_capacity=cap)
+        return jnp.mean(v ** 2), v
+
+    f = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+    (_, v_full), g_full = f(st, None)
+    (_, v_pack), g_pack = f(st, 4)          # 3 used slots of 9, encoded in 4 rows
+    np.testing.assert_allclose(np.asarray(v_pack), np.asarray(v_full), rtol=0, atol=1e-5)
+    for a, c in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_pack)):
+        np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-6)
+    (_, v_short), _ = f(st, 2)              # the third used slot is dropped: example 2 changes
+    assert float(jnp.abs(v_short - v_full)[2].max()) > 1e-4
+    np.testing.assert_allclose(np.asarray(v_short[:2]), np.asarray(v_full[:2]), rtol=0, atol=1e-5)
+
+
 def test_bf16_forward_finite_and_close(run):
     m16 = InstructImagen(dataclasses.replace(MICRO, dtype="bfloat16"), nnx.Rngs(0))
     _perturb_ctx_out(m16)                                   # now the same parameters as `micro`

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from iimagen.train import TrainConfig, TrainError, mixture_weights, parse_overrides, read_metrics, train
+from iimagen.train import TrainConfig, TrainError, context_capacity, mixture_weights, parse_overrides, read_metrics, train
 
 # A model small enough that a CPU step takes milliseconds: the loop, not the model, is under test here.
 MICRO = "channels=16,channel_mult=1:2,blocks_per_level=1,text_width=32,text_layers=1,head_dim=16,norm_groups=8"
@@ -248,6 +248,24 @@ def test_a_workdir_resumed_past_its_export_loads_its_latest_checkpoint(chain, tm
     assert meta["steps"] == out[0]["steps"] + 1 and meta["from_checkpoint"]
 
 
+def test_a_checkpoint_of_nnx_variables_still_resumes(chain, tmp_path):
+    """Train states were nnx Variables until 2026-12-08 and stored their leaf names with a `.value` suffix; the state
+    is now plain arrays (cheaper to pass to the step), and such a checkpoint still resumes."""
+    import shutil
+
+    root, out = chain
+    work = tmp_path / "s0"
+    shutil.copytree(root / "s0", work)
+    metas = sorted((work / "checkpoints").glob("*/meta/metadata"), key=lambda p: int(p.parts[-3]))
+    meta = json.loads(metas[-1].read_text())
+    assert not any(n.endswith(".value") for n in meta["leaf_names"])
+    meta["leaf_names"] = [n if n == "['step']" else n + ".value" for n in meta["leaf_names"]]
+    metas[-1].write_text(json.dumps(meta))
+    res = train(TrainConfig(stage=0, workdir=str(work), override=MICRO + ",input_skip=false", batch_size=8,
+                            workers=0, steps=out[0]["steps"] + 1, ckpt_every=1), progress=False)
+    assert res["steps"] == out[0]["steps"] + 1
+
+
 def test_resume_on_other_data_warns_and_goes_on(chain, tmp_path, monkeypatch):
     """A resumed run whose data differ from its checkpoint's (here: a kit whose examples changed since the run began;
     test_data.py shows the fingerprint telling real data apart) says so and trains on; resuming again on the same
@@ -390,3 +408,22 @@ def test_ctrl_c_stops_in_one_line_with_every_checkpoint_whole_and_resumes(tmp_pa
     resumed = _run([*args, "--steps", str(steps[-1] + 1)])
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
     assert [r["step"] for r in read_metrics(tmp_path / "w")][-1] == steps[-1] + 1
+
+
+def test_context_capacity_rounds_the_used_slots_up_to_half_batches():
+    """The train step encodes the used context slots rounded up to a multiple of B/2, never fewer than are used, and
+    all B*K (None) when rounding reaches them."""
+    def mask(used, B=32, K=3):
+        m = np.zeros(B * K, bool)
+        m[np.random.default_rng(used).permutation(B * K)[:used]] = True
+        return m.reshape(B, K)
+
+    assert context_capacity(mask(40), 32, 3) == 48
+    assert context_capacity(mask(32), 32, 3) == 32
+    assert context_capacity(mask(0), 32, 3) == 16
+    assert context_capacity(mask(81), 32, 3) is None      # 96 = all slots
+    assert context_capacity(mask(1, B=1), 1, 3) == 1
+    assert context_capacity(mask(3, B=1), 1, 3) is None
+    for used in range(97):
+        c = context_capacity(mask(used), 32, 3)
+        assert c is None or used <= c < 96
