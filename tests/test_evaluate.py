@@ -123,6 +123,30 @@ def test_sc_is_least_satisfied_and_o_formula(judges, monkeypatch):
     assert [E.grade(v, 0.6, 0.3) for v in (0.7, 0.6, 0.45, 0.1)] == [1.0, 1.0, 0.5, 0.0]
 
 
+def test_intervals_pair_the_examples_and_cover_the_point():
+    """The bootstrap of Table 3's averages: each model's O lies inside its interval; a model clearly better on the
+    same examples gets a difference interval above 0; a copy of the first model differs by exactly 0 in every
+    replicate (the examples are resampled jointly); an unjudged SC (None) is left out of its mean."""
+    rng = np.random.default_rng(0)
+
+    def model(level, n=40):
+        return {t: {"each": {"sc": [float(v) for v in np.clip(level + 0.2 * rng.normal(size=n), 0, 1)],
+                             "pq": [0.8] * n}} for t in E.IN_DOMAIN + E.ZERO_SHOT}
+
+    a = model(0.6)
+    a["subject"]["each"]["sc"][0] = None
+    res = {E.GROUND_TRUTH: {}, "a": a, "b": model(0.3), "c": json.loads(json.dumps(a))}
+    iv = E.intervals(res, reps=300)
+    for g in ("in_domain", "zero_shot"):
+        p, lo, hi = iv[g]["o"]["a"]
+        assert lo <= p <= hi and 0 < hi - lo < 0.1 and iv[g]["first"] == "a"
+        assert iv[g]["minus"]["b"][1] > 0.05
+        assert iv[g]["minus"]["c"] == [0.0, 0.0, 0.0]
+        assert E.GROUND_TRUTH not in iv[g]["o"]
+    md = E.intervals_markdown(iv)
+    assert "a minus it, zero-shot" in md and "| b |" in md
+
+
 def test_no_instruction_batch_uses_caption_or_nothing():
     from iimagen.configs import get_config
     from iimagen.tokenizer import load_tokenizer

@@ -30,5 +30,6 @@ from .judges import (  # noqa: F401
     judge_style, sample_like, judge_data, VALIDATION_DEGRADATIONS, validate_identity_judges, judge_realism)
 from .scores import (  # noqa: F401
     GROUND_TRUTH, NOISE, conditions, score_image, overall, kid, score_examples, model_batch, model_variant, generate, context_use,
-    context_alignment, context_use_markdown, NAMES, display_name, evaluate_models, averages, table_markdown,
+    context_alignment, context_use_markdown, NAMES, display_name, evaluate_models, averages, intervals, intervals_markdown,
+    table_markdown,
     plot_fig4, cli_eval)

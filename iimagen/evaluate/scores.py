@@ -113,7 +113,8 @@ def score_examples(examples: list, images: list, judges: dict | None = None) -> 
                "conditions": {c: float(np.mean([p["conditions"][c]["sc"] for p in per
                                                 if p["conditions"].get(c) is not None] or [np.nan])) for c in conds},
                "values": {c: float(np.mean([p["conditions"][c]["value"] for p in per
-                                            if p["conditions"].get(c) is not None] or [np.nan])) for c in conds}}
+                                            if p["conditions"].get(c) is not None] or [np.nan])) for c in conds},
+               "each": {"sc": sc, "pq": pq}}  # per example, in order: what `intervals` resamples
     for c in ("subject", "style"):  # rank-1 among IDENTITY_CANDIDATES (chance 0.125) and top-3 (0.375)
         ranks = np.asarray([r for p in per if p["conditions"].get(c) for r in
                             p["conditions"][c].get("ranks", [p["conditions"][c]["rank"]])])
@@ -367,6 +368,66 @@ def averages(per_task: dict, tasks) -> dict | None:
     return {"sc": sc, "pq": pq, "o": float(np.sqrt(sc * pq))}
 
 
+def intervals(results: dict, reps: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Bootstrap intervals of each model's in-domain and zero-shot average O (Table 3), and of the first model's
+    minus each other model's (the paper's comparisons: Instruct-Imagen against the multi-task baseline and the
+    ablation without stage 1). Each replicate resamples every task's examples with replacement, the same indices
+    for every model (all models are scored on the same examples), and recomputes `averages`. Anchors are left out.
+
+    Returns {group: {"o": {model: [point, low, high]}, "minus": {model: [point, low, high]}}, "reps", "level"};
+    a model without per-example scores (`each`) for every task of a group is left out of it."""
+    rng = np.random.default_rng(seed)
+    names = [m for m in results if m not in (GROUND_TRUTH, NOISE)]
+    out = {"reps": reps, "level": level}
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    for group, tasks in (("in_domain", IN_DOMAIN), ("zero_shot", ZERO_SHOT)):
+        has = lambda m, t: bool((results[m].get(t) or {}).get("each"))  # noqa: E731
+        tasks = [t for t in tasks if names and has(names[0], t)]
+        ms = [m for m in names if tasks and all(has(m, t) for t in tasks)]
+        if not ms:
+            continue
+        n = {t: len(results[ms[0]][t]["each"]["pq"]) for t in tasks}
+        arr = {m: {t: (np.array([np.nan if v is None else v for v in results[m][t]["each"]["sc"]], float),
+                       np.array(results[m][t]["each"]["pq"], float)) for t in tasks} for m in ms}
+
+        def o(m, idx):
+            sc = np.mean([np.nanmean(arr[m][t][0][idx[t]]) for t in tasks])
+            pq = np.mean([np.mean(arr[m][t][1][idx[t]]) for t in tasks])
+            return float(np.sqrt(sc * pq))
+
+        point = {m: o(m, {t: np.arange(n[t]) for t in tasks}) for m in ms}
+        draws = {m: [] for m in ms}
+        for _ in range(reps):
+            idx = {t: rng.integers(0, n[t], n[t]) for t in tasks}
+            for m in ms:
+                draws[m].append(o(m, idx))
+        draws = {m: np.asarray(v) for m, v in draws.items()}
+        ci = lambda x: [float(np.percentile(x, lo)), float(np.percentile(x, hi))]  # noqa: E731
+        first = ms[0]
+        out[group] = {"o": {m: [point[m]] + ci(draws[m]) for m in ms},
+                      "minus": {m: [point[first] - point[m]] + ci(draws[first] - draws[m]) for m in ms[1:]},
+                      "first": first, "n": n}
+    return out
+
+
+def intervals_markdown(iv: dict) -> str:
+    """The `intervals` as a table: average O [95 % interval] per model, and the first model minus each other."""
+    groups = [g for g in ("in_domain", "zero_shot") if g in iv]
+    if not groups:
+        return ""
+    f = lambda v: f"{v[0]:+.3f} ({v[1]:+.3f}, {v[2]:+.3f})"  # noqa: E731
+    first = iv[groups[0]]["first"]
+    lines = ["", f"Average O with {iv['level']:.0%} bootstrap intervals ({iv['reps']} replicates, examples resampled "
+             f"within each task), and `{first}` minus each other model:", "",
+             "| model | " + " | ".join(f"{g.replace('_', '-')} O" for g in groups) + " | "
+             + " | ".join(f"{first} minus it, {g.replace('_', '-')}" for g in groups) + " |",
+             "|---|" + "---|" * (2 * len(groups))]
+    for m in iv[groups[0]]["o"]:
+        lines.append(f"| {m} | " + " | ".join(f(iv[g]["o"][m]).replace("+", "") for g in groups) + " | "
+                     + " | ".join(f(iv[g]["minus"][m]) if m in iv[g]["minus"] else "-" for g in groups) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def table_markdown(results: dict) -> str:
     """Paper Table 4 (SC / PQ / O per task and model) with Table 3's in-domain and zero-shot averages, and KID."""
     models = list(results)
@@ -494,10 +555,11 @@ def cli_eval(argv=None) -> int:
         return fail("iimagen eval", e)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = table_markdown(res) + (context_use_markdown(use) if use else "")
+    iv = intervals(res)
+    table = table_markdown(res) + intervals_markdown(iv) + (context_use_markdown(use) if use else "")
     atomic_write(out / "table.md", lambda f: f.write_text(table))
     scores = json.dumps({
-        "results": res, "context_use": use, "n": a.n, "sampler": s["sampler"], "steps": s["steps"],
+        "results": res, "intervals": iv, "context_use": use, "n": a.n, "sampler": s["sampler"], "steps": s["steps"],
         "guidance": s["guidance_text"], "context_guidance": a.context_guidance, "reference_guidance": a.reference_guidance,
         "oscillate": s["guidance"].oscillate, "clip": s["clip"], "seed": a.seed,
         "judges": load_judges()["report"]}, indent=1)
