@@ -40,15 +40,16 @@ def fake_batch(cfg, batch, rng=0):
             "task_id": np.zeros((batch,), np.int32)}
 
 
-def stage2_mask(cfg, batch):
-    """The context-slot mask of the first stage-2 batch the trainer would draw (seed 0): 1.2 of K = 3 slots used on
-    average, which the train step skips (`train.context_capacity`)."""
+def stage2_context(cfg, batch):
+    """The context-slot mask and context texts of the first stage-2 batch the trainer would draw (seed 0): 1.2 of
+    K = 3 slots used on average and 3-6 tokens per text, which the train step skips (`train.context_capacity`,
+    `train.context_text_len`)."""
     from iimagen.data import Loader
 
     loader = Loader(stage=2, batch_size=batch, resolution=cfg.resolution, seed=0, K=cfg.K, workers=0)
-    mask = next(iter(loader))[1]["ctx_mask"]
+    b = next(iter(loader))[1]
     loader.close()
-    return mask
+    return b["ctx_mask"], b["ctx_ids"]
 
 
 def kit_case(config, batch, dtype, mixture=False):
@@ -68,7 +69,8 @@ def kit_case(config, batch, dtype, mixture=False):
     step = T.jit_train_step(T.make_train_step(graphdef, tx, tc, len(TASK_NAMES)), state, mesh, donate=False)
     local, capacity = fake_batch(cfg, batch), None
     if mixture:
-        local["ctx_mask"] = stage2_mask(cfg, batch)
+        local["ctx_mask"], ids = stage2_context(cfg, batch)
+        local["ctx_ids"] = ids[..., :T.context_text_len(ids, cfg.ctx_text_len)]
         capacity = T.context_capacity(local["ctx_mask"], batch, cfg.K)
     b = T.shard_batch(mesh, local)
     t = time.perf_counter()
@@ -80,7 +82,8 @@ def kit_case(config, batch, dtype, mixture=False):
     n_params = sum(x.size for x in jax.tree.leaves(params))
     fwd = flops_per_image(cfg)  # the forward pass alone: what the peer is matched to
     name = f"iimagen {config}" + (f", a stage-2 batch's slots ({int(local['ctx_mask'].sum())} of "
-                                  f"{batch * cfg.K} used, {capacity or batch * cfg.K} encoded)" if mixture else "")
+                                  f"{batch * cfg.K} used, {capacity or batch * cfg.K} encoded; context texts "
+                                  f"{local['ctx_ids'].shape[-1]} tokens)" if mixture else "")
     return {"model": name, "params_M": n_params / 1e6, "fwd_gflops_per_image": fwd / 1e9,
             "step_s": s, "images_per_s": batch / s, "tflops": flops / s / 1e12, "step_gflops": flops / 1e9,
             "compile_s": compile_s, "_cfg": cfg}

@@ -488,6 +488,15 @@ def context_capacity(ctx_mask, batch_size: int, K: int) -> int | None:
     return None if c >= n else c
 
 
+def context_text_len(ctx_ids, limit: int) -> int:
+    """The context texts' length the step needs: their longest (pads are trailing zeros, masked everywhere, so the
+    cut changes no output) rounded up to a multiple of 8, at most `limit`. A context text is `[ref#k]` and a few
+    words, 3-6 of its 32 tokens: the step encodes 8."""
+    ids = np.asarray(ctx_ids)
+    last = int(np.max(np.nonzero(ids.reshape(-1, ids.shape[-1]))[1], initial=-1)) + 1
+    return min(limit, 8 * -(-max(last, 1) // 8))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints: the whole train state as numbered leaves (nothing pickled), checked against the model on restore
 # ----------------------------------------------------------------------------------------------------------------
@@ -621,21 +630,24 @@ def _train(tc: TrainConfig, workdir: Path, mesh: Mesh, progress: bool) -> dict:
     # (measured on an H200 host: a 44 s compile stretched past a 70 s time budget). The time budget starts after.
     jitted = jit_train_step(make_train_step(graphdef, tx, tc, len(TASK_NAMES)), state, mesh)
     abstract = abstract_batch(mesh, cfg, tc.batch_size)
-    # Empty context slots are skipped (`context_capacity`) on one device; with the batch split over several, every
-    # slot is encoded (a gather across devices would cost more than it saves).
+    # Empty context slots and the context texts' pads are skipped (`context_capacity`, `context_text_len`) on one
+    # device; with the batch split over several, every slot is encoded (a gather across devices costs more).
     packing = cfg.use_context and mesh.size == 1
     programs, compile_s = {}, [0.0]
 
-    def program(capacity):
-        """The compiled step for this capacity (a handful per run; the persistent compile cache keeps them)."""
-        if capacity not in programs:
+    def program(capacity, text_len):
+        """The compiled step for this capacity and context-text length (a handful per run; the persistent compile
+        cache keeps them)."""
+        if (capacity, text_len) not in programs:
             t = time.time()
-            programs[capacity] = jitted.lower(state, abstract, capacity).compile()
+            shapes = {**abstract, "ctx_ids": jax.ShapeDtypeStruct(abstract["ctx_ids"].shape[:2] + (text_len,),
+                                                                  jnp.int32, sharding=abstract["ctx_ids"].sharding)}
+            programs[capacity, text_len] = jitted.lower(state, shapes, capacity).compile()
             compile_s[0] += time.time() - t
-        return programs[capacity]
+        return programs[capacity, text_len]
 
-    if not packing:  # with packing, the first batch's capacity is compiled when that batch comes (off the budget)
-        program(None)
+    if not packing:  # with packing, the first batch's program is compiled when that batch comes (off the budget)
+        program(None, cfg.ctx_text_len)
 
     # ==== Data: deterministic in (seed, step), this host's shard ====
     loader = Loader(stage=tc.stage, batch_size=tc.batch_size // n_proc, resolution=cfg.resolution, seed=tc.seed,
@@ -668,9 +680,13 @@ def _train(tc: TrainConfig, workdir: Path, mesh: Mesh, progress: bool) -> dict:
             for step, batch in loader:
                 if step >= tc.steps or interrupted:
                     break
-                capacity = context_capacity(batch["ctx_mask"], tc.batch_size, cfg.K) if packing else None
+                capacity, text_len = None, cfg.ctx_text_len
+                if packing:  # the used context slots only, their texts without the trailing pads
+                    capacity = context_capacity(batch["ctx_mask"], tc.batch_size, cfg.K)
+                    text_len = context_text_len(batch["ctx_ids"], cfg.ctx_text_len)
+                    batch = {**batch, "ctx_ids": batch["ctx_ids"][..., :text_len]}
                 late = compile_s[0]
-                state, metrics = program(capacity)(state, shard_batch(mesh, batch))
+                state, metrics = program(capacity, text_len)(state, shard_batch(mesh, batch))
                 late = compile_s[0] - late  # a program compiled mid-run spends neither the budget nor the rate
                 t0, t_last = t0 + late, t_last + late
                 if in_flight is not None:

@@ -312,7 +312,8 @@ def test_gradients_reach_shared_encoder_through_context(micro):
 
 
 def test_packed_context_slots_equal_the_full_pass(micro):
-    """encode_context(capacity=c) encodes the used slots only (the train step's speed-up), yet the denoiser's output
+    """encode_context(capacity=c) encodes the used slots only (the train step's speed-up), and their texts may stop at
+    their last token, yet the denoiser's output
     and the gradients of a loss on it equal the full pass's: empty slots are masked out of every context attention.
     A capacity below the number of used slots loses one, which is why the loop never passes less."""
     b = make_batch(MICRO, B=3)
@@ -330,6 +331,11 @@ def test_packed_context_slots_equal_the_full_pass(micro):
     np.testing.assert_allclose(np.asarray(v_pack), np.asarray(v_full), rtol=0, atol=1e-5)
     for a, c in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_pack)):
         np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-6)
+    # context texts cut after their last token (what the loop does): the same output
+    b_cut = {**b, "ctx_ids": b["ctx_ids"][..., :4]}
+    v_cut = jax.jit(lambda s: nnx.merge(gd, s)(b["x"], b["t"], b["text_ids"], b["ctx_image"], b_cut["ctx_ids"],
+                                               b["ctx_mask"], ctx_capacity=4))(st)
+    np.testing.assert_allclose(np.asarray(v_cut), np.asarray(v_full), rtol=0, atol=1e-5)
     (_, v_short), _ = f(st, 2)              # the third used slot is dropped: example 2 changes
     assert float(jnp.abs(v_short - v_full)[2].max()) > 1e-4
     np.testing.assert_allclose(np.asarray(v_short[:2]), np.asarray(v_full[:2]), rtol=0, atol=1e-5)

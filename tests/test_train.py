@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from iimagen.train import TrainConfig, TrainError, context_capacity, mixture_weights, parse_overrides, read_metrics, train
+from iimagen.train import TrainConfig, TrainError, context_capacity, context_text_len, mixture_weights, parse_overrides, read_metrics, train
 
 # A model small enough that a CPU step takes milliseconds: the loop, not the model, is under test here.
 MICRO = "channels=16,channel_mult=1:2,blocks_per_level=1,text_width=32,text_layers=1,head_dim=16,norm_groups=8"
@@ -427,3 +427,15 @@ def test_context_capacity_rounds_the_used_slots_up_to_half_batches():
     for used in range(97):
         c = context_capacity(mask(used), 32, 3)
         assert c is None or used <= c < 96
+
+
+def test_context_text_len_keeps_every_token():
+    """The context texts are cut after the longest one's last token, rounded up to 8, never past the limit."""
+    ids = np.zeros((4, 3, 32), np.int32)
+    assert context_text_len(ids, 32) == 8                 # no text at all
+    ids[1, 2, :5] = 7
+    assert context_text_len(ids, 32) == 8
+    ids[3, 0, 8] = 9                                      # a token at index 8 (the ninth)
+    assert context_text_len(ids, 32) == 16
+    ids[0, 1, 31] = 1
+    assert context_text_len(ids, 32) == 32 and context_text_len(ids[..., :12], 12) == 12
