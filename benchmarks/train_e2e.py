@@ -7,8 +7,8 @@ source tree against another in the same run; one JSON line per run and one `trai
 Each run is `python -m iimagen.cli train --stage 2 --init data/checkpoints/stage0-tiny --config tiny` in its own
 subprocess with `PYTHONPATH=<tree>` and a fresh workdir, interleaved over `--repeats` (before, after, before, ...),
 so that a machine whose load drifts affects both alike. The rate of a run is the median of the `images_per_s` that
-the loop logs every `--log-every` steps, leaving out the first window (compile and start-up); the compile seconds
-come from the run's summary. Both trees read the same shipped checkpoint and draw the same batches.
+the loop logs every `--log-every` steps, leaving out the first window (start-up, and an older tree's compile). Both
+trees read the same shipped checkpoint and draw the same batches.
 """
 import argparse
 import json
