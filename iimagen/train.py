@@ -626,8 +626,8 @@ def _train(tc: TrainConfig, workdir: Path, mesh: Mesh, progress: bool) -> dict:
     start = int(jax.device_get(state["step"]))
     drop_lost_records(workdir, start)
 
-    # Compile before the data workers start: on a GPU host they would otherwise take the CPU cores XLA compiles on
-    # (measured on an H200 host: a 44 s compile stretched past a 70 s time budget). The time budget starts after.
+    # Without packing, compile before the data workers start: on a GPU host they would otherwise take the CPU cores XLA
+    # compiles on (an H200 host: a 44 s compile stretched past a 70 s budget). No compile spends the time budget.
     jitted = jit_train_step(make_train_step(graphdef, tx, tc, len(TASK_NAMES)), state, mesh)
     abstract = abstract_batch(mesh, cfg, tc.batch_size)
     # Empty context slots and the context texts' pads are skipped (`context_capacity`, `context_text_len`) on one
